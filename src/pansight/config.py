@@ -152,13 +152,18 @@ def apply_overrides(config: C, overrides: dict[str, Any], where: str = "") -> C:
             raise ConfigError(
                 f"unknown key {where + head!r}; valid keys: {', '.join(where + n for n in names)}"
             )
-        is_dataclass_field = dataclasses.is_dataclass(hints[head])
-        if rest or (is_dataclass_field and not isinstance(value, dict | type(getattr(config, head)))):
-            if not is_dataclass_field:
+        if not dataclasses.is_dataclass(hints[head]):
+            if rest:
                 raise ConfigError(f"key {where + key!r}: {where + head!r} has no sub-keys")
-            nested.setdefault(head, {})[rest or "name"] = value
-        else:
             changes[head] = _coerce(value, hints[head], where + head)
+        elif rest:
+            nested.setdefault(head, {})[rest] = value
+        elif isinstance(value, dict):
+            nested.setdefault(head, {}).update(value)
+        elif dataclasses.is_dataclass(value):
+            changes[head] = value
+        else:
+            nested.setdefault(head, {})["name"] = value
     for head, sub in nested.items():
         changes[head] = apply_overrides(getattr(config, head), sub, where + head + ".")
     try:
@@ -213,10 +218,6 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         return tuple(_coerce(v, item_type, key) for v in value)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, dict):
-            return apply_overrides(hint(), value, key + ".")
-        return value
     try:
         if hint is bool:
             if isinstance(value, bool):

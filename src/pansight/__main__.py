@@ -1,0 +1,3 @@
+from pansight.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The Python API: train, load, evaluate and predict in a few lines.
+
+>>> import pansight
+>>> run = pansight.train("classify", data="digits", epochs=5, out="runs/digits")
+>>> model = pansight.load("runs/digits/model.pt")
+>>> results = model.predict([image])            # list[Classification]
+>>> pansight.evaluate(model, data="digits")     # {"top1": ..., "top5": ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pansight.config import TASKS, DataConfig, TrainConfig, apply_overrides, from_dict
+from pansight.errors import ConfigError
+from pansight.models.base import PansightModel
+
+DEFAULT_MODELS = {"classify": "classifier_r18", "localize": "localizer_r18"}
+"""The model each task trains when no ``model=`` is given."""
+
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classify": {},
+    "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05},
+}
+"""Training settings that suit each task better than TrainConfig's generic defaults."""
+
+
+@dataclass
+class TrainRun:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the trained model (in eval mode).
+        metrics: validation metrics at the end of training.
+        out: the run folder (``model.pt``, ``last.pt``, ``config.yaml``, logs).
+    """
+
+    model: PansightModel
+    metrics: dict[str, float]
+    out: Path
+
+
+def make_train_config(task: str, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """Split ``overrides`` into a TrainConfig for ``task`` and the model's own overrides.
+
+    Keys starting with ``model.`` go to the model's config; everything else to TrainConfig.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
+    if task not in DEFAULT_MODELS:
+        raise ConfigError(f"task {task!r} has no trainable model yet")
+    model_overrides = {k[6:]: v for k, v in overrides.items() if k.startswith("model.")}
+    train_overrides = {k: v for k, v in overrides.items() if not k.startswith("model.")}
+    defaults = {"task": task, "model": DEFAULT_MODELS[task], **TASK_DEFAULTS.get(task, {})}
+    config = apply_overrides(TrainConfig(task=task), defaults)
+    return apply_overrides(config, train_overrides), model_overrides
+
+
+def train(task: str, **overrides: Any) -> TrainRun:
+    """Train a model for ``task`` with TrainConfig fields (and ``model.<field>``) as overrides.
+
+    Dotted keys are written with ``__`` in Python: ``train("classify", data__num_train=500)``.
+    """
+    from pansight.data.factory import build_dataset, wrap_for_training
+    from pansight.engine.evaluator import evaluate as evaluate_model
+    from pansight.engine.trainer import Trainer, seed_everything
+    from pansight.models.zoo import MODELS, build_model
+
+    overrides = {key.replace("__", "."): value for key, value in overrides.items()}
+    config, model_overrides = make_train_config(task, overrides)
+    if config.model not in MODELS or MODELS[config.model].task != task:
+        raise ConfigError(f"model={config.model!r} is not a {task} model; see `pansight models`")
+    seed_everything(config.seed)
+    train_set = build_dataset(config.data, "train", task)
+    val_set = build_dataset(config.data, "val", task)
+    model = build_model(config.model, train_set.class_names, model_overrides)
+    trainer = Trainer(
+        config,
+        model,
+        wrap_for_training(train_set, task, config.data, config.seed),
+        model_name=config.model,
+        evaluate=lambda trained: evaluate_model(trained, val_set, config.batch_size),
+    )
+    metrics = trainer.fit()
+    return TrainRun(model.eval(), metrics, Path(config.out))
+
+
+def load(path: str | Path) -> PansightModel:
+    """A model from a pansight checkpoint (``model.pt`` or ``last.pt``), in eval mode."""
+    from pansight.models.zoo import load as load_checkpoint_model
+
+    return load_checkpoint_model(path).eval()
+
+
+def evaluate(
+    model: PansightModel | str | Path,
+    data: str | DataConfig | None = None,
+    split: str = "val",
+    batch_size: int = 32,
+    progress: bool = True,
+    **data_overrides: Any,
+) -> dict[str, float]:
+    """Metrics of a model (or checkpoint path) on a data set.
+
+    ``data`` defaults to the data set the checkpoint was trained on; a string sets its name.
+    """
+    from pansight.data.factory import build_dataset
+    from pansight.engine.evaluator import evaluate as evaluate_model
+
+    data_config = training_data_config(model) if data is None or isinstance(data, str) else data
+    if isinstance(data, str):
+        data_config = dataclasses.replace(data_config, name=data)
+    data_config = apply_overrides(data_config, data_overrides)
+    if not isinstance(model, PansightModel):
+        model = load(model)
+    dataset = build_dataset(data_config, split, model.task)
+    if list(dataset.class_names) != model.class_names:
+        raise ConfigError(
+            f"data set {data_config.name!r} has classes {dataset.class_names}, "
+            f"the model was trained on {model.class_names}"
+        )
+    return evaluate_model(model, dataset, batch_size, progress=progress)
+
+
+def training_data_config(model: PansightModel | str | Path) -> DataConfig:
+    """The DataConfig a checkpoint was trained with (defaults for an in-memory model)."""
+    if isinstance(model, PansightModel):
+        return DataConfig()
+    from pansight.engine.checkpoint import load_checkpoint
+
+    train_config = load_checkpoint(model).get("train_config", {})
+    return from_dict(DataConfig, train_config.get("data", {}))

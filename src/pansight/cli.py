@@ -1,0 +1,182 @@
+"""The ``pansight`` command line: train | eval | predict | models | data | demo.
+
+Every command prints errors a user can act on as one line (``error: FILE: problem``) and exits
+with status 2; nothing already written is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pansight.config import TASKS, parse_key_values
+from pansight.errors import ConfigError, PansightError
+
+EPILOG = """examples:
+  pansight train classify data=digits epochs=5
+  pansight train localize data.num_train=3000 out=runs/loc
+  pansight eval runs/loc/model.pt
+  pansight predict runs/loc/model.pt photo.png images/ --out runs/pred
+  pansight data write --out data/shapes --mode multi
+  pansight demo
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except PansightError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pansight",
+        description="Image understanding from classification to panoptic segmentation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model for a task")
+    train.add_argument("task", choices=TASKS)
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.add_argument("--config", type=Path, help="a YAML file of overrides (applied first)")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on its validation split")
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="data overrides")
+    evaluate.add_argument("--split", default="val", choices=("train", "val"))
+    evaluate.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    evaluate.set_defaults(handler=run_eval)
+
+    predict = commands.add_parser("predict", help="run a checkpoint on images")
+    predict.add_argument("checkpoint", type=Path)
+    predict.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument("--out", type=Path, default=Path("runs/predict"))
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.set_defaults(handler=run_predict)
+
+    models = commands.add_parser("models", help="list the models of each task")
+    models.add_argument("task", nargs="?", choices=TASKS)
+    models.set_defaults(handler=run_models)
+
+    data = commands.add_parser("data", help="write the synthetic world to disk as COCO")
+    data.add_argument("action", choices=("write",))
+    data.add_argument("--out", type=Path, default=Path("data/shapes"))
+    data.add_argument("--mode", choices=("single", "multi"), default="multi")
+    data.add_argument("--num-train", type=int, default=200)
+    data.add_argument("--num-val", type=int, default=50)
+    data.add_argument("--image-size", type=int, default=128)
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(handler=run_data)
+
+    demo = commands.add_parser("demo", help="train, evaluate and draw every rung on the synthetic world")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--quick", action="store_true", help="a shorter run with fewer images")
+    demo.set_defaults(handler=run_demo)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pansight.api import train
+
+    overrides: dict[str, Any] = {}
+    if args.config:
+        overrides |= _yaml_overrides(args.config)
+    overrides |= parse_key_values(args.overrides)
+    run = train(args.task, **{key.replace(".", "__"): value for key, value in overrides.items()})
+    _print_metrics(run.metrics)
+    print(f"model: {run.out / 'model.pt'}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pansight.api import evaluate
+
+    overrides = parse_key_values(args.overrides)
+    data = overrides.pop("data", None)
+    overrides = {key.removeprefix("data."): value for key, value in overrides.items()}
+    metrics = evaluate(args.checkpoint, data=data, split=args.split, **overrides)
+    _print_metrics(metrics)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from pansight.predict import predict_files
+
+    written = predict_files(args.checkpoint, args.inputs, args.out, args.batch_size)
+    print(f"wrote {len(written)} pictures and {args.out / 'results.json'}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from pansight.models.zoo import MODELS
+
+    for name, entry in MODELS.items():
+        if args.task in (None, entry.task):
+            print(f"{entry.task:10s} {name:24s} {entry.description}")
+    return 0
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from pansight.data.shapes import ShapesDataset, write_coco
+
+    for split, count in (("train", args.num_train), ("val", args.num_val)):
+        dataset = ShapesDataset(
+            split=split, mode=args.mode, num_images=count, image_size=args.image_size, seed=args.seed
+        )
+        write_coco(dataset, args.out, split)
+    print(f"wrote {args.num_train} + {args.num_val} images as COCO under {args.out}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pansight.demo import run_demo as demo
+
+    demo(args.out, quick=args.quick)
+    return 0
+
+
+def _yaml_overrides(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read config: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+    return _flatten(values)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _print_metrics(metrics: dict[str, float]) -> None:
+    for key, value in metrics.items():
+        print(f"{key:>16s}: {value:.4f}" if isinstance(value, float) else f"{key:>16s}: {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
