@@ -31,10 +31,13 @@ class DataConfig:
     Attributes:
         name: ``shapes`` (the embedded synthetic world), ``digits`` (scikit-learn's handwritten
             digits), ``folder`` (one sub-folder of images per class) or ``coco`` (COCO JSON).
-        root: for ``folder``: the folder; for ``coco``: the folder written by
-            ``pansight data write`` or holding ``train.json``/``val.json``.
+        root: for ``folder``: the folder; for ``coco``: a folder laid out as
+            ``pansight data write`` writes it: ``images/<split>/``,
+            ``annotations/instances_<split>.json``, ``annotations/panoptic_<split>.json`` and
+            ``annotations/panoptic_<split>/``.
         mode: for ``shapes``: ``single`` (one object per image) or ``multi``.
-        image_size: for ``shapes``: the side of generated images, in pixels.
+        image_size: for ``shapes``: the side of generated images, in pixels (models resize
+            their input themselves).
         num_train: for ``shapes``: number of training images.
         num_val: for ``shapes``: number of validation images.
         val_fraction: for ``digits``/``folder``: the held-out share.

@@ -165,6 +165,17 @@ class Target:
     semantic: Tensor | None = None
     panoptic: PanopticMap | None = None
 
+    def to(self, device: torch.device | str) -> Target:
+        """This target with every tensor on ``device``."""
+        moved = {
+            name: value.to(device)
+            for name, value in vars(self).items()
+            if isinstance(value, Tensor)
+        }
+        if self.panoptic is not None:
+            moved["panoptic"] = replace(self.panoptic, ids=self.panoptic.ids.to(device))
+        return replace(self, **moved)
+
     def resized(self, new_size: Size) -> Target:
         """This target mapped onto the same image resized to ``new_size`` ``(h, w)``.
 
@@ -173,7 +184,7 @@ class Target:
         (h, w), (nh, nw) = self.size, new_size
         if (h, w) == (nh, nw):
             return self
-        scale = torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], device=self.boxes.device)
         return replace(
             self,
             size=(nh, nw),

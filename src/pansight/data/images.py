@@ -33,7 +33,7 @@ def read_image(path: str | Path) -> Tensor:
 
 def image_from_array(array: np.ndarray) -> Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float tensor in ``[0, 1]``."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1).float().div_(255)
 
 
 def image_to_array(image: Tensor) -> np.ndarray:

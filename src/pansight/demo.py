@@ -1,0 +1,98 @@
+"""``pansight demo``: the main job on the embedded synthetic world.
+
+It draws the world's ground truth, then climbs the ladder: for each rung it trains a model for a
+few minutes, evaluates it on the validation split and draws its predictions. Everything lands
+under one folder; ``summary.json`` holds the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pansight.data.shapes import ShapesDataset
+from pansight.models.base import PansightModel
+from pansight.viz import draw_result, draw_target, image_grid, save_png
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the demo: its task, training overrides and the headline metric."""
+
+    task: str
+    title: str
+    headline: str
+    overrides: dict[str, Any]
+
+
+def rungs(quick: bool) -> list[Rung]:
+    """The rungs the demo trains; ``quick`` trains on fewer images for fewer epochs."""
+    scale = 0.5 if quick else 1.0
+    return [
+        Rung(
+            "classify",
+            "classification",
+            "top1",
+            {"data.num_train": int(3000 * scale), "epochs": 4, "batch_size": 64, "lr": 0.1},
+        ),
+        Rung(
+            "localize",
+            "localization",
+            "loc_accuracy",
+            {"data.num_train": int(4000 * scale), "epochs": 10, "batch_size": 64},
+        ),
+    ]
+
+
+def run_demo(out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
+    """Train, evaluate and draw every rung; returns ``{task: metrics}``."""
+    from pansight.api import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    draw_world(out / "world.png")
+    summary: dict[str, dict[str, float]] = {}
+    for rung in rungs(quick):
+        print(f"\n== {rung.title}: training {rung.task} ==", flush=True)
+        started = time.perf_counter()
+        run = train(rung.task, out=str(out / rung.task), **_python_keys(rung.overrides))
+        minutes = (time.perf_counter() - started) / 60
+        summary[rung.task] = {**run.metrics, "train_minutes": round(minutes, 2)}
+        draw_predictions(run.model, out / f"{rung.task}_predictions.png")
+        print(f"{rung.title}: {rung.headline} = {run.metrics[rung.headline]:.3f}", flush=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, rungs(quick), out)
+    return summary
+
+
+def draw_world(path: Path, count: int = 8) -> None:
+    """A grid of multi-object validation samples with their ground truth drawn."""
+    dataset = ShapesDataset(split="val", mode="multi", num_images=count, image_size=128)
+    pictures = [draw_target(*dataset[i], dataset.class_names) for i in range(count)]
+    save_png(image_grid(pictures, ncol=4), path)
+
+
+def draw_predictions(model: PansightModel, path: Path, count: int = 16) -> None:
+    """A grid of the model's predictions on single-object validation images."""
+    dataset = ShapesDataset(split="val", mode="single", num_images=count, image_size=64)
+    images = [dataset[i][0] for i in range(count)]
+    results = model.predict(images)
+    pictures = [draw_result(image, result, model.class_names) for image, result in zip(images, results)]
+    save_png(image_grid(pictures, ncol=8), path)
+
+
+def print_summary(summary: dict[str, dict[str, float]], ladder: list[Rung], out: Path) -> None:
+    print("\n  rung            metric          value   minutes")
+    for rung in ladder:
+        metrics = summary[rung.task]
+        print(
+            f"  {rung.title:15s} {rung.headline:14s} {metrics[rung.headline]:7.3f}"
+            f"   {metrics['train_minutes']:5.1f}"
+        )
+    print(f"\npictures and summary.json are in {out}/")
+
+
+def _python_keys(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {key.replace(".", "__"): value for key, value in overrides.items()}
