@@ -371,3 +371,14 @@ def test_panoptic_errors_name_the_file(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match=rf"{path}: categories\[0\] is missing .*'isthing'"):
         CocoPanoptic(path, png_dir, images)
+
+
+def test_missing_or_corrupt_panoptic_png_is_named(tmp_path):
+    dataset = CocoPanoptic(*panoptic_files(tmp_path)[:3])
+    png = tmp_path / "panoptic" / "one.png"
+    png.write_bytes(png.read_bytes()[:40])
+    with pytest.raises(DataError, match=f"{png}: cannot decode"):
+        dataset[0]
+    png.unlink()
+    with pytest.raises(DataError, match=f"{png}: panoptic PNG not found"):
+        dataset[0]

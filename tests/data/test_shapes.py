@@ -156,11 +156,13 @@ def test_bad_options_raise_config_error(options):
 
 
 def test_rendering_is_fast():
-    render_sample(0)
-    started = time.perf_counter()
-    for index in range(50):
-        render_sample(index, mode="multi", image_size=64)
-    assert (time.perf_counter() - started) / 50 < 0.02
+    def seconds_per_sample():
+        started = time.perf_counter()
+        for index in range(20):
+            render_sample(index, mode="multi", image_size=64)
+        return (time.perf_counter() - started) / 20
+
+    assert min(seconds_per_sample() for _ in range(3)) < 0.01
 
 
 def test_clip_frames_are_consistent_and_deterministic():

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from pansight.data.images import image_to_array, read_image
+from pansight.errors import DataError
 from pansight.structures import PanopticMap
 
 MAX_SEGMENT_ID = 256**3 - 1
@@ -46,7 +46,16 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
     Raises:
         DataError: naming the file, if it is missing, corrupt or truncated.
     """
-    return rgb_to_id(image_to_array(read_image(path)))
+    try:
+        with Image.open(path) as png:
+            rgb = np.asarray(png.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: panoptic PNG not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(
+            f"{path}: cannot decode panoptic PNG (corrupt or truncated?): {error}"
+        ) from None
+    return rgb_to_id(rgb)
 
 
 def write_panoptic(
