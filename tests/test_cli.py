@@ -23,7 +23,7 @@ def test_train_writes_run_folder(trained):
     for name in ("model.pt", "last.pt", "config.yaml", "metrics.jsonl"):
         assert (trained / name).is_file(), name
     lines = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
-    assert any("top1" in line for line in lines)
+    assert any("eval/top1" in line for line in lines)
 
 
 def test_eval_prints_metrics(trained, tmp_path, capsys):

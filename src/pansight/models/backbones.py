@@ -44,7 +44,7 @@ class ResNetBody(nn.Module):
             raise ConfigError(
                 f"backbone={name!r} is unknown; choose one of {', '.join(RESNET_BUILDERS)}"
             )
-        resnet = RESNET_BUILDERS[name](weights=None, zero_init_residual=True)
+        resnet = RESNET_BUILDERS[name](weights=None)
         self.name = name
         self.conv1 = resnet.conv1
         self.bn1 = resnet.bn1

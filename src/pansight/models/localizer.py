@@ -145,7 +145,7 @@ class Localizer(PansightModel):
         device = outputs.logits.device
         labels = target_labels(targets, self.num_classes).to(device)
         target_boxes = _target_boxes(targets).to(device) / self.config.input_size
-        pred_boxes = outputs.boxes / self.config.input_size
+        pred_boxes = outputs.boxes.float() / self.config.input_size
         l1 = F.smooth_l1_loss(
             box_convert(pred_boxes, "xyxy", "cxcywh"),
             box_convert(target_boxes, "xyxy", "cxcywh"),
