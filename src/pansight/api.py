@@ -22,8 +22,8 @@ DEFAULT_MODELS = {"classify": "classifier_r18", "localize": "localizer_r18"}
 """The model each task trains when no ``model=`` is given."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classify": {},
-    "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05},
+    "classify": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "batch_size": 64},
+    "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 64},
 }
 """Training settings that suit each task better than TrainConfig's generic defaults."""
 
@@ -105,31 +105,28 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of a model (or checkpoint path) on a data set.
 
-    ``data`` defaults to the data set the checkpoint was trained on; a string sets its name.
+    ``data`` defaults to the data set the checkpoint was trained on (the synthetic world for an
+    in-memory model); a string sets its ``name``, ``data_overrides`` its other fields.
     """
     from pansight.data.factory import build_dataset
+    from pansight.engine.checkpoint import load_checkpoint
     from pansight.engine.evaluator import evaluate as evaluate_model
+    from pansight.models.zoo import model_from_checkpoint
 
-    data_config = training_data_config(model) if data is None or isinstance(data, str) else data
-    if isinstance(data, str):
-        data_config = dataclasses.replace(data_config, name=data)
-    data_config = apply_overrides(data_config, data_overrides)
+    trained_on = DataConfig()
     if not isinstance(model, PansightModel):
-        model = load(model)
+        payload = load_checkpoint(model)
+        trained_on = from_dict(DataConfig, payload.get("train_config", {}).get("data", {}))
+        model = model_from_checkpoint(payload).eval()
+    if isinstance(data, DataConfig):
+        trained_on = data
+    elif isinstance(data, str):
+        trained_on = dataclasses.replace(trained_on, name=data)
+    data_config = apply_overrides(trained_on, data_overrides)
     dataset = build_dataset(data_config, split, model.task)
     if list(dataset.class_names) != model.class_names:
         raise ConfigError(
-            f"data set {data_config.name!r} has classes {dataset.class_names}, "
+            f"data set {data_config.name!r} has classes {list(dataset.class_names)}, "
             f"the model was trained on {model.class_names}"
         )
     return evaluate_model(model, dataset, batch_size, progress=progress)
-
-
-def training_data_config(model: PansightModel | str | Path) -> DataConfig:
-    """The DataConfig a checkpoint was trained with (defaults for an in-memory model)."""
-    if isinstance(model, PansightModel):
-        return DataConfig()
-    from pansight.engine.checkpoint import load_checkpoint
-
-    train_config = load_checkpoint(model).get("train_config", {})
-    return from_dict(DataConfig, train_config.get("data", {}))

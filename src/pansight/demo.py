@@ -30,20 +30,10 @@ class Rung:
 
 def rungs(quick: bool) -> list[Rung]:
     """The rungs the demo trains; ``quick`` trains on fewer images for fewer epochs."""
-    scale = 0.5 if quick else 1.0
+    images = 1000 if quick else 2000
     return [
-        Rung(
-            "classify",
-            "classification",
-            "top1",
-            {"data.num_train": int(3000 * scale), "epochs": 4, "batch_size": 64, "lr": 0.1},
-        ),
-        Rung(
-            "localize",
-            "localization",
-            "loc_accuracy",
-            {"data.num_train": int(4000 * scale), "epochs": 10, "batch_size": 64},
-        ),
+        Rung("classify", "classification", "top1", {"data.num_train": images, "epochs": 8}),
+        Rung("localize", "localization", "loc_accuracy", {"data.num_train": images, "epochs": 8}),
     ]
 
 
@@ -67,11 +57,16 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
     return summary
 
 
-def draw_world(path: Path, count: int = 8) -> None:
-    """A grid of multi-object validation samples with their ground truth drawn."""
+def draw_world(path: Path, count: int = 4) -> None:
+    """Multi-object validation samples, one per row, with their ground truth for the instance,
+    semantic and panoptic rungs (one sample carries targets for every rung)."""
     dataset = ShapesDataset(split="val", mode="multi", num_images=count, image_size=128)
-    pictures = [draw_target(*dataset[i], dataset.class_names) for i in range(count)]
-    save_png(image_grid(pictures, ncol=4), path)
+    pictures = []
+    for image, target in (dataset[i] for i in range(count)):
+        pictures.append(draw_target(image, target, dataset.class_names, task="instance"))
+        for task in ("semantic", "panoptic"):
+            pictures.append(draw_target(image, target, dataset.semantic_class_names, task=task))
+    save_png(image_grid(pictures, ncol=3), path)
 
 
 def draw_predictions(model: PansightModel, path: Path, count: int = 16) -> None:

@@ -65,7 +65,7 @@ def wrap_for_training(dataset: Dataset, task: str, data: DataConfig, seed: int) 
     if not data.augment:
         return dataset
     transform = train_augment(task, horizontal_flip=data.name != "digits")
-    return SeededAugment(dataset, transform, seed)
+    return SeededAugment(dataset, transform, seed, task)
 
 
 def _shapes(data: DataConfig, split: str, task: str) -> Dataset:

@@ -196,24 +196,53 @@ def _scaled(h: int, w: int, scale: float) -> Size:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+TASK_TARGET_FIELDS: dict[str, tuple[str, ...]] = {
+    "classify": ("label",),
+    "localize": ("label", "box", "boxes", "labels"),
+    "detect": ("boxes", "labels", "iscrowd", "track_ids"),
+    "instance": ("boxes", "labels", "iscrowd", "track_ids", "masks"),
+    "semantic": ("semantic",),
+    "panoptic": ("boxes", "labels", "iscrowd", "track_ids", "masks", "semantic", "panoptic"),
+}
+"""The target fields each task trains on; :func:`task_view` drops the rest."""
+
+
+def task_view(target: Target, task: str) -> Target:
+    """``target`` without the fields ``task`` does not use (so augmentation skips them)."""
+    keep = TASK_TARGET_FIELDS[task]
+    empty = Target(target.image_id, target.size)
+    dropped = {
+        name: getattr(empty, name)
+        for name in ("label", "box", "boxes", "labels", "masks", "iscrowd", "track_ids")
+        + ("semantic", "panoptic")
+        if name not in keep
+    }
+    return replace(target, **dropped)
+
+
 class SeededAugment(Dataset):
     """A data set whose samples pass through ``transform`` with reproducible randomness.
 
-    Sample ``i`` of epoch ``e`` is augmented under torch's RNG seeded from ``(seed, e, i)``
+    Sample ``i`` of epoch ``e`` is augmented under torch's CPU RNG seeded from ``(seed, e, i)``
     (forked, so the global RNG is untouched): the result does not depend on worker processes,
-    sample order or resuming. The data-set attributes are forwarded from ``dataset``.
+    sample order or resuming. Targets are first reduced to the fields ``task`` uses. The
+    data-set attributes are forwarded from ``dataset``.
 
     Attributes:
         dataset: the wrapped data set.
         transform: a v2 transform drawing its randomness from torch's RNG.
         seed: the run's seed.
+        task: the task whose target fields are kept (``None``: all).
         epoch: the current epoch (see :meth:`set_epoch`).
     """
 
-    def __init__(self, dataset: Dataset, transform: v2.Transform, seed: int) -> None:
+    def __init__(
+        self, dataset: Dataset, transform: v2.Transform, seed: int, task: str | None = None
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
+        self.task = task
         self.epoch = 0
         self.class_names = dataset.class_names
         self.semantic_class_names = dataset.semantic_class_names
@@ -228,7 +257,10 @@ class SeededAugment(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image, target = self.dataset[index]
+        if self.task is not None:
+            target = task_view(target, self.task)
         sample_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(sample_seed))
+            # Seeds the CPU generator only: torch.manual_seed would also queue CUDA seeding.
+            torch.default_generator.manual_seed(int(sample_seed))
             return apply_transform(self.transform, image, target)

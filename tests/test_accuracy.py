@@ -1,0 +1,20 @@
+"""The accuracy goals of the first two rungs, trained through the product's own path.
+
+Slow (minutes each on 2 CPU cores): run with ``pytest -m slow``.
+"""
+
+import pytest
+
+import pansight
+
+pytestmark = pytest.mark.slow
+
+
+def test_digits_classifier_reaches_97_percent(tmp_path):
+    run = pansight.train("classify", data="digits", epochs=15, out=str(tmp_path))
+    assert run.metrics["top1"] >= 0.97
+
+
+def test_localizer_reaches_90_percent_localization_accuracy(tmp_path):
+    run = pansight.train("localize", data__num_train=3000, epochs=8, out=str(tmp_path))
+    assert run.metrics["loc_accuracy"] >= 0.90
