@@ -81,3 +81,15 @@ def test_predict_on_corrupt_image_names_it(trained, tmp_path, capsys):
     assert main(["predict", str(trained / "model.pt"), str(bad), "--out", str(out)]) == 2
     assert "broken.png" in capsys.readouterr().err
     assert not (out / "results.json").exists()
+
+
+def test_corrupt_training_image_stops_with_its_name(tmp_path, capsys):
+    dataset = ShapesDataset(split="train", mode="single", num_images=8, image_size=40)
+    for i in range(8):
+        write_image(dataset[i][0], tmp_path / "data" / f"class{i % 2}" / f"img{i}.png")
+    (tmp_path / "data" / "class0" / "img0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 9)
+    argv = ["train", "classify", "data=folder", f"data.root={tmp_path / 'data'}"]
+    argv += ["data.val_fraction=0", f"out={tmp_path / 'run'}", *TINY]
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last_line.startswith("error: ") and "img0.png" in last_line

@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(handler=run_data)
 
-    demo = commands.add_parser("demo", help="train, evaluate and draw every rung on the synthetic world")
+    demo = commands.add_parser(
+        "demo", help="train, evaluate and draw every rung on the synthetic world"
+    )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quick", action="store_true", help="a shorter run with fewer images")
     demo.set_defaults(handler=run_demo)
@@ -137,7 +139,11 @@ def run_data(args: argparse.Namespace) -> int:
 
     for split, count in (("train", args.num_train), ("val", args.num_val)):
         dataset = ShapesDataset(
-            split=split, mode=args.mode, num_images=count, image_size=args.image_size, seed=args.seed
+            split=split,
+            mode=args.mode,
+            num_images=count,
+            image_size=args.image_size,
+            seed=args.seed,
         )
         write_coco(dataset, args.out, split)
     print(f"wrote {args.num_train} + {args.num_val} images as COCO under {args.out}")

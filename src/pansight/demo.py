@@ -30,7 +30,7 @@ class Rung:
 
 def rungs(quick: bool) -> list[Rung]:
     """The rungs the demo trains; ``quick`` trains on fewer images for fewer epochs."""
-    images = 1000 if quick else 2000
+    images = 1250 if quick else 2500
     return [
         Rung("classify", "classification", "top1", {"data.num_train": images, "epochs": 8}),
         Rung("localize", "localization", "loc_accuracy", {"data.num_train": images, "epochs": 8}),
@@ -74,7 +74,9 @@ def draw_predictions(model: PansightModel, path: Path, count: int = 16) -> None:
     dataset = ShapesDataset(split="val", mode="single", num_images=count, image_size=64)
     images = [dataset[i][0] for i in range(count)]
     results = model.predict(images)
-    pictures = [draw_result(image, result, model.class_names) for image, result in zip(images, results)]
+    pictures = [
+        draw_result(image, result, model.class_names) for image, result in zip(images, results)
+    ]
     save_png(image_grid(pictures, ncol=8), path)
 
 

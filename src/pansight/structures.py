@@ -47,7 +47,7 @@ class ImageBatch:
         return replace(self, tensor=self.tensor.to(device))
 
     def scale(self, index: int) -> tuple[float, float]:
-        """``(sx, sy)`` mapping original-image x/y pixels of image ``index`` into the input frame."""
+        """``(sx, sy)`` taking original-image x/y pixels of image ``index`` to the input frame."""
         (h, w), (oh, ow) = self.image_sizes[index], self.original_sizes[index]
         return w / ow, h / oh
 
@@ -332,4 +332,3 @@ class SemanticMap:
 
 
 Result = Classification | Localization | Detections | SemanticMap | PanopticMap
-

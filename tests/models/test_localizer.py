@@ -97,4 +97,3 @@ def test_loss_names_an_image_without_a_box():
 def test_config_rejects_negative_loss_weights():
     with pytest.raises(ConfigError, match="box_l1_weight and box_giou_weight must be >= 0"):
         LocalizerConfig(box_giou_weight=-1.0)
-

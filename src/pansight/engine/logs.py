@@ -49,5 +49,7 @@ class MetricsLog:
 
 
 def progress_bar(total: int, done: int, enabled: bool = True) -> tqdm:
-    """An iteration counter from ``done`` to ``total`` (shown only on a terminal and if enabled)."""
-    return tqdm(total=total, initial=done, unit="it", disable=None if enabled else True)
+    """An iteration counter from ``done`` to ``total`` on standard error (if enabled)."""
+    return tqdm(
+        total=total, initial=done, unit="it", desc="train", mininterval=1.0, disable=not enabled
+    )

@@ -344,4 +344,3 @@ class LogWindow:
         means = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
         seconds = max(time.perf_counter() - self.start, 1e-9)
         return {"lr": self.lr, **means, "images_per_s": self.images / seconds}
-

@@ -75,7 +75,7 @@ class PansightModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: list[Tensor] | Tensor) -> list[Result]:
-        """Results for ``(3, h, w)`` images (a list, or one ``(B, 3, H, W)`` tensor) in ``[0, 1]``."""
+        """Results for ``(3, h, w)`` images in ``[0, 1]`` (a list, or a ``(B, 3, H, W)`` tensor)."""
         was_training = self.training
         self.eval()
         try:
