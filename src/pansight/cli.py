@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pansight.config import TASKS, parse_key_values
+from pansight.engine.distributed import is_main_process
 from pansight.errors import ConfigError, PansightError
 
 EPILOG = """examples:
@@ -98,8 +99,9 @@ def run_train(args: argparse.Namespace) -> int:
         overrides |= _yaml_overrides(args.config)
     overrides |= parse_key_values(args.overrides)
     run = train(args.task, **{key.replace(".", "__"): value for key, value in overrides.items()})
-    _print_metrics(run.metrics)
-    print(f"model: {run.out / 'model.pt'}")
+    if is_main_process():
+        _print_metrics(run.metrics)
+        print(f"model: {run.out / 'model.pt'}")
     return 0
 
 

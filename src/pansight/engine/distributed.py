@@ -51,8 +51,11 @@ def local_rank() -> int:
 
 
 def is_main_process() -> bool:
-    """Rank 0: the one process that logs and writes files."""
-    return rank() == 0
+    """Rank 0: the one process that logs and writes files.
+
+    Also right before the process group starts or after it ends (``torchrun``'s ``RANK``).
+    """
+    return rank() == 0 and int(os.environ.get("RANK", 0)) == 0
 
 
 def barrier() -> None:

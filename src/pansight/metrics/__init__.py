@@ -9,11 +9,12 @@ from __future__ import annotations
 from pansight.config import TASKS
 from pansight.errors import ConfigError
 from pansight.metrics.classification import ClassificationMetric
+from pansight.metrics.coco import CocoMetric
 from pansight.metrics.localization import LocalizationMetric
 
-Metric = ClassificationMetric | LocalizationMetric
+Metric = ClassificationMetric | LocalizationMetric | CocoMetric
 
-__all__ = ["ClassificationMetric", "LocalizationMetric", "Metric", "build_metric"]
+__all__ = ["ClassificationMetric", "CocoMetric", "LocalizationMetric", "Metric", "build_metric"]
 
 
 def build_metric(task: str, class_names: list[str]) -> Metric:
@@ -22,6 +23,10 @@ def build_metric(task: str, class_names: list[str]) -> Metric:
         return ClassificationMetric(len(class_names))
     if task == "localize":
         return LocalizationMetric(len(class_names))
+    if task == "detect":
+        return CocoMetric(len(class_names), iou_types=("bbox",))
+    if task == "instance":
+        return CocoMetric(len(class_names), iou_types=("bbox", "segm"))
     if task in TASKS:
         raise ConfigError(f"no metric for task {task!r} yet")
     raise ConfigError(f"task={task!r} is unknown; choose one of {', '.join(TASKS)}")

@@ -1,0 +1,1 @@
+"""Small additions over ``torchvision.ops``: box coding, matching, sampling, anchors, masks."""
