@@ -331,18 +331,22 @@ def check_options(mode: str, image_size: int | Size, max_objects: int) -> Size:
     return int(height), int(width)
 
 
-class ShapesDataset(Dataset):
-    """``num_images`` samples of the world, rendered on demand (see :func:`render_sample`).
-
-    Items are ``(image, target)``: ``(3, H, W)`` float in ``[0, 1]`` and a full
-    :class:`~pansight.structures.Target` in that image's pixels.
-    """
+class WorldLabels:
+    """The synthetic world's label spaces as the data-set attributes every pansight data set has."""
 
     class_names = list(THING_CLASSES)
     category_ids = list(range(len(THING_CLASSES)))
     semantic_class_names = list(ALL_CLASSES)
     semantic_category_ids = list(range(len(ALL_CLASSES)))
     thing_flags = list(THING_FLAGS)
+
+
+class ShapesDataset(WorldLabels, Dataset):
+    """``num_images`` samples of the world, rendered on demand (see :func:`render_sample`).
+
+    Items are ``(image, target)``: ``(3, H, W)`` float in ``[0, 1]`` and a full
+    :class:`~pansight.structures.Target` in that image's pixels.
+    """
 
     def __init__(
         self,

@@ -19,10 +19,8 @@ from torch.utils.data import Dataset
 
 from pansight.data.images import image_from_array
 from pansight.data.shapes import (
-    ALL_CLASSES,
-    THING_CLASSES,
-    THING_FLAGS,
     Thing,
+    WorldLabels,
     build_target,
     check_options,
     paint_things,
@@ -123,17 +121,11 @@ def render_clip(
     return frames
 
 
-class ShapesVideoDataset(Dataset):
+class ShapesVideoDataset(WorldLabels, Dataset):
     """``num_clips`` clips of the world, rendered on demand (see :func:`render_clip`).
 
     Each item is one clip: a list of ``num_frames`` ``(image, target)`` pairs.
     """
-
-    class_names = list(THING_CLASSES)
-    category_ids = list(range(len(THING_CLASSES)))
-    semantic_class_names = list(ALL_CLASSES)
-    semantic_category_ids = list(range(len(ALL_CLASSES)))
-    thing_flags = list(THING_FLAGS)
 
     def __init__(
         self,

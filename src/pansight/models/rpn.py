@@ -111,7 +111,7 @@ def rpn_targets(
     all_labels, all_targets = [], []
     for boxes in gt_boxes:
         matches = matcher(box_iou(boxes, anchors))
-        matched_boxes = boxes[matches.clamp(min=0)] if boxes.numel() else torch.zeros_like(anchors)
+        matched_boxes = boxes[matches.clamp(min=0)] if boxes.numel() else anchors
         labels = torch.where(matches >= 0, 1.0, torch.where(matches == -1, 0.0, -1.0))
         positive, negative = sampler(labels)
         labels = torch.full_like(labels, -1.0)
