@@ -93,3 +93,10 @@ def test_corrupt_training_image_stops_with_its_name(tmp_path, capsys):
     assert main(argv) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last_line.startswith("error: ") and "img0.png" in last_line
+
+
+def test_a_second_run_into_the_same_folder_is_refused(trained, capsys):
+    before = (trained / "model.pt").read_bytes()
+    assert main(["train", "classify", "data=digits", f"out={trained}", *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (trained / "model.pt").read_bytes() == before

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ def train(task: str, **overrides: Any) -> TrainRun:
     config, model_overrides = make_train_config(task, overrides)
     if config.model not in MODELS or MODELS[config.model].task != task:
         raise ConfigError(f"model={config.model!r} is not a {task} model; see `pansight models`")
+    prepare_run_folder(config)
     seed_everything(config.seed)
     train_set = build_dataset(config.data, "train", task)
     val_set = build_dataset(config.data, "val", task)
@@ -86,6 +88,24 @@ def train(task: str, **overrides: Any) -> TrainRun:
     )
     metrics = trainer.fit()
     return TrainRun(model.eval(), metrics, Path(config.out))
+
+
+RUN_FILES = ("last.pt", "model.pt", "metrics.jsonl")
+
+
+def prepare_run_folder(config: TrainConfig) -> None:
+    """Refuse to start over a previous run in ``config.out`` unless resuming or overwriting."""
+    out = Path(config.out)
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if not existing or config.resume:
+        return
+    if not config.overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({', '.join(existing)}); choose another out=, "
+            f"continue it with resume={out / 'last.pt'}, or replace it with overwrite=true"
+        )
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
 
 
 def load(path: str | Path) -> PansightModel:

@@ -85,6 +85,8 @@ class TrainConfig:
         workers: data-loader worker processes.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: a checkpoint to continue from exactly, or ``""``.
+        overwrite: start afresh in an ``out`` folder that already holds a run (its checkpoints
+            and logs are replaced); without it such a run is refused so nothing is lost.
     """
 
     task: str = "classify"
@@ -110,6 +112,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     resume: str = ""
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

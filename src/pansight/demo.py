@@ -47,7 +47,9 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
     for rung in rungs(quick):
         print(f"\n== {rung.title}: training {rung.task} ==", flush=True)
         started = time.perf_counter()
-        run = train(rung.task, out=str(out / rung.task), **_python_keys(rung.overrides))
+        run = train(
+            rung.task, out=str(out / rung.task), overwrite=True, **_python_keys(rung.overrides)
+        )
         minutes = (time.perf_counter() - started) / 60
         summary[rung.task] = {**run.metrics, "train_minutes": round(minutes, 2)}
         draw_predictions(run.model, out / f"{rung.task}_predictions.png")

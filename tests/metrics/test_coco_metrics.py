@@ -34,6 +34,13 @@ def outline(x1: int, y1: int, x2: int, y2: int, width: int = 2) -> torch.Tensor:
     return rectangle(x1, y1, x2, y2) & ~rectangle(x1 + width, y1 + width, x2 - width, y2 - width)
 
 
+def stacked(masks: list[torch.Tensor] | None) -> torch.Tensor | None:
+    """``(N, H, W)`` masks of a list of ``(H, W)`` ones (``[]``: no objects)."""
+    if masks is None:
+        return None
+    return torch.stack(masks) if masks else torch.zeros(0, *SIZE, dtype=torch.bool)
+
+
 def target(boxes, masks=None, labels=None, iscrowd=None, image_id: int = 0) -> Target:
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     return Target(
@@ -41,7 +48,7 @@ def target(boxes, masks=None, labels=None, iscrowd=None, image_id: int = 0) -> T
         size=SIZE,
         boxes=boxes,
         labels=torch.zeros(len(boxes), dtype=torch.int64) if labels is None else labels,
-        masks=None if masks is None else torch.stack(masks).reshape(-1, *SIZE),
+        masks=stacked(masks),
         iscrowd=None if iscrowd is None else torch.tensor(iscrowd),
     )
 
@@ -52,7 +59,7 @@ def detections(boxes, scores, masks=None, labels=None) -> Detections:
         boxes=boxes,
         scores=torch.tensor(scores, dtype=torch.float32),
         labels=torch.zeros(len(boxes), dtype=torch.int64) if labels is None else labels,
-        masks=None if masks is None else torch.stack(masks).reshape(-1, *SIZE),
+        masks=stacked(masks),
     )
 
 
@@ -64,14 +71,12 @@ def test_ground_truth_as_predictions_gives_ap_one():
     metric = build_metric("instance", ShapesDataset.class_names)
     dataset = ShapesDataset(split="val", mode="multi", num_images=4, image_size=64)
     targets = [dataset[i][1] for i in range(len(dataset))]
-    results = [
-        Detections(t.boxes, torch.ones(len(t.labels)), t.labels, t.masks) for t in targets
-    ]
+    results = [Detections(t.boxes, torch.ones(len(t.labels)), t.labels, t.masks) for t in targets]
     metric.update(results, targets)
     values = metric.compute()
     for prefix in ("box", "mask"):
-        for name in ("AP", "AP50", "AP75", "AR1", "AR100"):
-            assert values[f"{prefix}_{name}"] == 1.0, f"{prefix}_{name}"
+        for name in ("AP", "AP50", "AP75", "AR10", "AR100"):
+            assert values[f"{prefix}_{name}"] == pytest.approx(1.0), f"{prefix}_{name}"
 
 
 def test_iou_of_exactly_0_6_matches_three_of_ten_thresholds():
@@ -84,7 +89,7 @@ def test_iou_of_exactly_0_6_matches_three_of_ten_thresholds():
     for prefix in ("box", "mask"):
         # matched at IoU thresholds 0.5, 0.55, 0.6: AP 1 there, 0 at the seven others
         assert values[f"{prefix}_AP"] == pytest.approx(0.3)
-        assert values[f"{prefix}_AP50"] == 1.0
+        assert values[f"{prefix}_AP50"] == pytest.approx(1.0)
         assert values[f"{prefix}_AP75"] == 0.0
         assert values[f"{prefix}_APs"] == pytest.approx(0.3)  # area 100 < 32**2: small
         assert values[f"{prefix}_APm"] == -1.0  # no medium object to count
@@ -117,7 +122,7 @@ def test_detections_inside_a_crowd_region_are_ignored():
     crowd.update([prediction], [target(boxes, masks, iscrowd=[False, True])])
     plain.update([prediction], [target(boxes, masks, iscrowd=[False, False])])
     for key in ("box_AP", "mask_AP"):
-        assert crowd.compute()[key] == 1.0
+        assert crowd.compute()[key] == pytest.approx(1.0)
         assert plain.compute()[key] < 0.5
 
 
@@ -127,8 +132,9 @@ def test_object_area_comes_from_the_mask_when_there_is_one():
     with_mask, box_only = CocoMetric(num_classes=1), CocoMetric(num_classes=1)
     with_mask.update([detections(box, [1.0])], [target(box, [frame])])
     box_only.update([detections(box, [1.0])], [target(box)])
-    assert (with_mask.compute()["box_APs"], with_mask.compute()["box_APm"]) == (1.0, -1.0)
-    assert (box_only.compute()["box_APs"], box_only.compute()["box_APm"]) == (-1.0, 1.0)
+    by_mask, by_box = with_mask.compute(), box_only.compute()
+    assert (by_mask["box_APs"], by_mask["box_APm"]) == (pytest.approx(1.0), -1.0)
+    assert (by_box["box_APs"], by_box["box_APm"]) == (-1.0, pytest.approx(1.0))
 
 
 def test_predicted_mask_area_comes_from_the_mask_not_its_box():
@@ -148,17 +154,14 @@ def test_predicted_mask_area_comes_from_the_mask_not_its_box():
 def test_no_predictions_give_zero_and_no_ground_truth_gives_minus_one():
     dataset = ShapesDataset(split="val", mode="multi", num_images=3, image_size=64)
     targets = [dataset[i][1] for i in range(len(dataset))]
-    nothing = Detections(
-        torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
-        torch.zeros(0, *SIZE, dtype=torch.bool),
-    )  # fmt: skip
+    nothing = detections([], [], [])
     metric = build_metric("instance", dataset.class_names)
     metric.update([nothing] * len(targets), targets)
     values = metric.compute()
     assert values["box_AP"] == values["mask_AP"] == values["box_AR100"] == 0.0
     empty = instance_metric()
     assert set(empty.compute().values()) == {-1.0}
-    empty.update([nothing], [target([], torch.zeros(0, *SIZE, dtype=torch.bool))])
+    empty.update([nothing], [target([], [])])
     assert set(empty.compute().values()) == {-1.0}
 
 
@@ -201,7 +204,7 @@ def synthetic_case() -> tuple[list[Target], list[Detections]]:
     sometimes mislabelled copies of their objects plus one stray prediction each."""
     dataset = ShapesDataset(split="val", mode="multi", num_images=10, image_size=64, seed=3)
     targets = [dataset[i][1] for i in range(len(dataset))]
-    targets[3] = target([], torch.zeros(0, *SIZE, dtype=torch.bool), image_id=3)
+    targets[3] = target([], [], image_id=3)
     crowd = torch.zeros(len(targets[5].labels), dtype=torch.bool)
     crowd[0] = True
     targets[5] = replace(targets[5], iscrowd=crowd)
@@ -230,7 +233,7 @@ def reference_stats(
     images, annotations, predictions = [], [], []
     for image_id, (gt, result) in enumerate(zip(targets, results), start=1):
         images.append({"id": image_id, "height": SIZE[0], "width": SIZE[1]})
-        crowd = gt.iscrowd.tolist()
+        crowd = [False] * len(gt.labels) if gt.iscrowd is None else gt.iscrowd.tolist()
         for box, label, mask, is_crowd in zip(gt.boxes.tolist(), gt.labels, gt.masks, crowd):
             rle = encode(mask)
             annotations.append(
@@ -256,8 +259,8 @@ def reference_stats(
             predictions.append(record)
     categories = [{"id": cid, "name": f"c{cid}"} for cid in CATEGORY_IDS]
     gt_file, results_file = tmp_path / "gt.json", tmp_path / f"{iou_type}.json"
-    gt_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                   "categories": categories}))  # fmt: skip
+    coco_file = {"images": images, "annotations": annotations, "categories": categories}
+    gt_file.write_text(json.dumps(coco_file))
     results_file.write_text(json.dumps(predictions))
     ground_truth = COCO(str(gt_file))
     evaluator = COCOeval(ground_truth, ground_truth.loadRes(str(results_file)), iou_type)

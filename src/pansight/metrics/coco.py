@@ -89,7 +89,8 @@ class CocoMetric:
             self._check_result(result, target)
             image_id = len(self._images) + 1
             self._images.append(image_record(image_id, str(target.image_id), target.size))
-            own_target = replace(target, image_id=image_id)
+            masks = None if target.masks is None else target.masks.cpu()
+            own_target = replace(target, image_id=image_id, masks=masks)
             first_id = len(self._ground_truth) + 1
             self._ground_truth += instance_annotations(own_target, self.category_ids, first_id)
             self._add_predictions(result, image_id)
@@ -134,8 +135,8 @@ class CocoMetric:
     def _add_predictions(self, result: Detections, image_id: int) -> None:
         """Store the result's COCO records: ``bbox`` ones without masks, ``segm`` ones without
         boxes, so that pycocotools takes a predicted mask's area from the mask, not its box."""
-        if "segm" not in self.iou_types:
-            result = replace(result, masks=None)
+        masks = result.masks.cpu() if "segm" in self.iou_types else None
+        result = replace(result, boxes=result.boxes.cpu(), scores=result.scores.cpu(), masks=masks)
         for record in result.to_coco(image_id, self.category_ids):
             if "bbox" in self.iou_types:
                 self._predictions["bbox"].append(_without(record, "segmentation"))

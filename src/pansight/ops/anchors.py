@@ -40,8 +40,12 @@ class AnchorGenerator:
         heights = (scales[None, :] * h_ratios[:, None]).reshape(-1)
         return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).round()
 
-    def __call__(self, feature_sizes: list[tuple[int, int]], padded_size: tuple[int, int],
-                 device: torch.device) -> list[Tensor]:
+    def __call__(
+        self,
+        feature_sizes: list[tuple[int, int]],
+        padded_size: tuple[int, int],
+        device: torch.device,
+    ) -> list[Tensor]:
         """Anchors per level, each ``(h_i * w_i * A, 4)`` in padded-input pixels.
 
         Args:

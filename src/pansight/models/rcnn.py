@@ -1,0 +1,477 @@
+"""Faster R-CNN and Mask R-CNN on a ResNet-FPN body.
+
+The steps, one method each, in order: :meth:`MaskRCNN.resize` and :meth:`MaskRCNN.pad` (in
+``preprocess``), then in ``forward``: :meth:`~MaskRCNN.backbone_levels` (``c2..c5``),
+:meth:`~MaskRCNN.pyramid_levels` (``p2..p6``), :meth:`~MaskRCNN.rpn_per_level` (objectness and
+deltas per anchor), :meth:`~MaskRCNN.decode_anchors`, :meth:`~MaskRCNN.nms_proposals`,
+:meth:`~MaskRCNN.roi_align_boxes`, and the branches :meth:`~MaskRCNN.box_branch` and
+:meth:`~MaskRCNN.mask_branch`.
+
+Parameter names follow torchvision's detection models (``fc6``, ``cls_score``,
+``conv5_mask``, ...) so :mod:`pansight.models.rcnn_import` maps their checkpoints in by prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import MultiScaleRoIAlign
+
+from pansight.errors import ConfigError, DataError
+from pansight.models.backbones import ResNetBody
+from pansight.models.base import PansightModel
+from pansight.models.classifier import check_class_names
+from pansight.models.fpn import FPN
+from pansight.models.roi_heads import (
+    BoxPredictor,
+    MaskHead,
+    MaskPredictor,
+    TwoMLPHead,
+    box_losses,
+    mask_loss,
+    mask_targets,
+    sample_proposals,
+    select_detections,
+)
+from pansight.models.rpn import RPNHead, rpn_losses, rpn_targets, select_proposals
+from pansight.ops.anchors import AnchorGenerator
+from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
+from pansight.ops.masks import paste_masks
+from pansight.structures import Detections, ImageBatch, Size, Target
+
+PREPROCESSING = ("torchvision", "square")
+SIZE_DIVISIBLE = 32
+ROI_LEVELS = ["p2", "p3", "p4", "p5"]
+BOX_ROI_SIZE = 7
+MASK_ROI_SIZE = 14
+RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
+
+@dataclass(frozen=True)
+class RCNNConfig:
+    """Settings of :class:`MaskRCNN` / :class:`FasterRCNN` (defaults are torchvision's).
+
+    Attributes:
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        with_masks: add the mask branch (Mask R-CNN).
+        preprocessing: ``torchvision`` (shorter side to ``min_size``, longer side at most
+            ``max_size``, pad to a multiple of 32) or ``square`` (longer side to
+            ``square_size``, pad to ``square_size x square_size``).
+        min_size, max_size, square_size: the resize sizes, in pixels.
+        fpn_channels: channels of every pyramid level.
+        anchor_sizes: one anchor size per level ``p2..p6``.
+        aspect_ratios: anchor ratios ``h / w`` at every level.
+        rpn_*: proposal selection (pre/post-NMS top-n, NMS IoU, score threshold) and anchor
+            matching/sampling for the RPN loss.
+        box_*: proposal matching/sampling for the RoI losses.
+        representation_size: width of the box head's two fully connected layers.
+        score_thresh, nms_thresh, detections_per_img: detection selection.
+        mask_threshold: probability at which pasted masks become foreground.
+    """
+
+    backbone: str = "resnet18"
+    with_masks: bool = True
+    preprocessing: str = "torchvision"
+    min_size: int = 800
+    max_size: int = 1333
+    square_size: int = 512
+    fpn_channels: int = 256
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_score_thresh: float = 0.0
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    representation_size: int = 1024
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.preprocessing not in PREPROCESSING:
+            raise ConfigError(
+                f"preprocessing={self.preprocessing!r}; choose one of {', '.join(PREPROCESSING)}"
+            )
+        if not 32 <= self.min_size <= self.max_size:
+            raise ConfigError(
+                f"need 32 <= min_size <= max_size, got {self.min_size}, {self.max_size}"
+            )
+        if self.square_size < 32 or self.square_size % SIZE_DIVISIBLE:
+            raise ConfigError(f"square_size={self.square_size} must be a multiple of 32")
+        if len(self.anchor_sizes) != 5:
+            raise ConfigError(f"anchor_sizes needs 5 sizes (p2..p6), got {self.anchor_sizes}")
+
+
+@dataclass
+class RCNNOutputs:
+    """Raw outputs of :class:`MaskRCNN`; every field exists in both modes.
+
+    Boxes are xyxy in input-frame pixels; labels are ``1..K`` (0 = background).
+
+    Attributes:
+        proposals: per image ``(P_i, 4)`` RoIs of the box branch (sampled ones in training).
+        class_logits: ``(sum P_i, K + 1)``.
+        box_regression: ``(sum P_i, 4 * (K + 1))`` deltas (weights 10, 10, 5, 5) per class.
+        detection_boxes, detection_scores, detection_labels: per image ``(D_i, 4)``,
+            ``(D_i,)``, ``(D_i,)`` selected detections (eval; empty lists in training).
+        mask_logits: ``(R, K + 1, 28, 28)`` for the detections (eval) or the positive RoIs
+            (training); ``None`` without a mask branch.
+        rpn_objectness: ``(B, N)`` anchor logits; rpn_deltas: ``(B, N, 4)``.
+        rpn_labels, rpn_regression_targets: ``(B, N)`` sampled anchor labels (1, 0, -1 not
+            sampled) and ``(B, N, 4)`` targets (training, else ``None``).
+        roi_labels, roi_regression_targets: ``(sum P_i,)`` and ``(sum P_i, 4)`` (training).
+        mask_targets: ``(R, 28, 28)`` ground-truth masks of the positive RoIs (training).
+    """
+
+    proposals: list[Tensor]
+    class_logits: Tensor
+    box_regression: Tensor
+    detection_boxes: list[Tensor]
+    detection_scores: list[Tensor]
+    detection_labels: list[Tensor]
+    mask_logits: Tensor | None
+    rpn_objectness: Tensor
+    rpn_deltas: Tensor
+    rpn_labels: Tensor | None = None
+    rpn_regression_targets: Tensor | None = None
+    roi_labels: Tensor | None = None
+    roi_regression_targets: Tensor | None = None
+    mask_targets: Tensor | None = None
+
+
+@dataclass
+class _MatchingTargets:
+    """Ground truth used for matching, per image: boxes ``(G, 4)``, labels ``1..K``, masks."""
+
+    boxes: list[Tensor]
+    labels: list[Tensor]
+    masks: list[Tensor] | None
+
+
+class MaskRCNN(PansightModel):
+    """Mask R-CNN (and, with ``with_masks=False``, Faster R-CNN) on ResNet-FPN.
+
+    ``forward(batch, targets)`` needs ``targets`` (input frame) in training mode: the RPN and
+    RoI heads sample their training examples from them inside forward.
+    """
+
+    task = "instance"
+
+    def __init__(self, config: RCNNConfig, class_names: list[str]) -> None:
+        super().__init__(config, class_names)
+        check_class_names(class_names)
+        channels = config.fpn_channels
+        classes_with_background = self.num_classes + 1
+        self.body = ResNetBody(config.backbone)
+        self.fpn = FPN(self.body.out_channels, channels)
+        self.anchors = AnchorGenerator(
+            tuple((size,) for size in config.anchor_sizes), config.aspect_ratios
+        )
+        self.rpn_head = RPNHead(channels, self.anchors.num_anchors_per_location)
+        self.box_roi_align = MultiScaleRoIAlign(ROI_LEVELS, BOX_ROI_SIZE, sampling_ratio=2)
+        hidden = config.representation_size
+        self.box_head = TwoMLPHead(channels * BOX_ROI_SIZE**2, hidden)
+        self.box_predictor = BoxPredictor(hidden, classes_with_background)
+        if config.with_masks:
+            self.mask_roi_align = MultiScaleRoIAlign(ROI_LEVELS, MASK_ROI_SIZE, sampling_ratio=2)
+            self.mask_head = MaskHead(channels, channels)
+            self.mask_predictor = MaskPredictor(channels, classes_with_background)
+        self.rpn_coder = BoxCoder(RPN_BOX_WEIGHTS)
+        self.roi_coder = BoxCoder(ROI_BOX_WEIGHTS)
+
+    # -- steps 1-2: preprocessing -------------------------------------------------------------
+
+    def preprocess(
+        self, images: list[Tensor], targets: list[Target] | None = None
+    ) -> tuple[ImageBatch, list[Target] | None]:
+        """Resize (bilinear) and pad ``(3, h, w)`` images in ``[0, 1]``; targets follow."""
+        for index, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise DataError(f"image {index} has shape {tuple(image.shape)}; expected (3, H, W)")
+        resized = [self.resize(image.float()) for image in images]
+        batch = self.pad(resized, [(int(im.shape[-2]), int(im.shape[-1])) for im in images])
+        if targets is None:
+            return batch, None
+        return batch, [t.resized(size) for t, size in zip(targets, batch.image_sizes)]
+
+    def resize(self, image: Tensor) -> Tensor:
+        """``(3, h, w)`` -> ``(3, h', w')`` bilinear, computed as torchvision's detection
+        transform does (scale factor with ``recompute_scale_factor``)."""
+        height, width = image.shape[-2:]
+        if self.config.preprocessing == "square":
+            scale = self.config.square_size / max(height, width)
+        else:
+            scale = min(
+                self.config.min_size / min(height, width), self.config.max_size / max(height, width)
+            )
+        return F.interpolate(
+            image[None],
+            scale_factor=scale,
+            mode="bilinear",
+            recompute_scale_factor=True,
+            align_corners=False,
+        )[0]
+
+    def pad(self, images: list[Tensor], original_sizes: list[Size]) -> ImageBatch:
+        """Zero-pad resized images to a multiple of 32, or to the fixed square."""
+        if self.config.preprocessing == "square":
+            side = self.config.square_size
+            return ImageBatch.from_images(images, original_sizes, pad_to=(side, side))
+        return ImageBatch.from_images(images, original_sizes, size_divisible=SIZE_DIVISIBLE)
+
+    # -- steps 3-9: the network ----------------------------------------------------------------
+
+    def forward(self, batch: ImageBatch, targets: list[Target] | None = None) -> RCNNOutputs:
+        """``batch.tensor`` ``(B, 3, H, W)`` in ``[0, 1]`` -> :class:`RCNNOutputs`.
+
+        ``targets`` (input frame) are required in training mode and ignored otherwise.
+        """
+        matching = self._matching_targets(targets) if self.training else None
+        c_levels = self.backbone_levels(batch)
+        p_levels = self.pyramid_levels(c_levels)
+        objectness, deltas, anchors, level_sizes = self.rpn_per_level(p_levels, batch)
+        proposal_boxes = self.decode_anchors(deltas, anchors)
+        proposals = self.nms_proposals(proposal_boxes, objectness, level_sizes, batch)
+        outputs = RCNNOutputs(proposals, *([None] * 2), [], [], [], None, objectness, deltas)
+        matched = None
+        if matching is not None:
+            matched = self._sample_training_examples(outputs, anchors, matching)
+        box_features = self.roi_align_boxes(p_levels, outputs.proposals, batch)
+        outputs.class_logits, outputs.box_regression = self.box_branch(box_features)
+        if matching is None:
+            self._select_detections(outputs, batch)
+        if self.config.with_masks:
+            self.mask_branch(p_levels, outputs, batch, matching, matched)
+        return outputs
+
+    def backbone_levels(self, batch: ImageBatch) -> dict[str, Tensor]:
+        """Normalise pixels (padding stays 0 after normalising) -> ResNet ``c2..c5``."""
+        images = self.normalize(batch.tensor)
+        inside = torch.zeros_like(images[:, :1], dtype=torch.bool)
+        for index, (height, width) in enumerate(batch.image_sizes):
+            inside[index, :, :height, :width] = True
+        return self.body(images * inside)
+
+    def pyramid_levels(self, c_levels: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``c2..c5`` -> ``p2..p6`` (``fpn_channels`` each)."""
+        return self.fpn(c_levels)
+
+    def rpn_per_level(
+        self, p_levels: dict[str, Tensor], batch: ImageBatch
+    ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """RPN head on every level: objectness ``(B, N)``, deltas ``(B, N, 4)``, the anchors
+        ``(N, 4)`` in padded-input pixels and the number of anchors per level."""
+        levels = list(p_levels.values())
+        objectness, deltas = self.rpn_head(levels)
+        feature_sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
+        per_level = self.anchors(feature_sizes, tuple(batch.tensor.shape[-2:]), deltas.device)
+        return objectness, deltas, torch.cat(per_level), [len(a) for a in per_level]
+
+    def decode_anchors(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        """Deltas ``(B, N, 4)`` (weights 1, 1, 1, 1) on anchors ``(N, 4)`` -> boxes ``(B, N, 4)``."""
+        batch_size = deltas.shape[0]
+        flat_anchors = anchors.repeat(batch_size, 1)
+        boxes = self.rpn_coder.decode(deltas.detach().reshape(-1, 4), flat_anchors)
+        return boxes.reshape(batch_size, -1, 4)
+
+    def nms_proposals(
+        self, boxes: Tensor, objectness: Tensor, level_sizes: list[int], batch: ImageBatch
+    ) -> list[Tensor]:
+        """Per image ``(P_i, 4)`` proposals: top-n per level, clip, NMS per level, top-n."""
+        config = self.config
+        pre = config.rpn_pre_nms_top_n_train if self.training else config.rpn_pre_nms_top_n_test
+        post = config.rpn_post_nms_top_n_train if self.training else config.rpn_post_nms_top_n_test
+        return select_proposals(
+            boxes,
+            objectness,
+            level_sizes,
+            batch.image_sizes,
+            pre,
+            post,
+            config.rpn_nms_thresh,
+            config.rpn_score_thresh,
+        )
+
+    def roi_align_boxes(
+        self, p_levels: dict[str, Tensor], rois: list[Tensor], batch: ImageBatch
+    ) -> Tensor:
+        """``(sum R_i, C, 7, 7)`` features of the RoIs from the level their size picks."""
+        return self.box_roi_align(p_levels, rois, batch.image_sizes)
+
+    def box_branch(self, box_features: Tensor) -> tuple[Tensor, Tensor]:
+        """RoI features -> class logits ``(R, K + 1)`` and deltas ``(R, 4 * (K + 1))``."""
+        return self.box_predictor(self.box_head(box_features))
+
+    def mask_branch(
+        self,
+        p_levels: dict[str, Tensor],
+        outputs: RCNNOutputs,
+        batch: ImageBatch,
+        matching: _MatchingTargets | None,
+        matched: list[Tensor] | None,
+    ) -> None:
+        """Mask logits ``(R, K + 1, 28, 28)`` (and, in training, their targets) into
+        ``outputs``: for the positive RoIs in training, for the detections otherwise."""
+        if matching is None or matched is None:
+            rois = outputs.detection_boxes
+        else:
+            positive = [
+                labels > 0
+                for labels in outputs.roi_labels.split([len(p) for p in outputs.proposals])
+            ]
+            rois = [p[keep] for p, keep in zip(outputs.proposals, positive)]
+            gt_index = [index[keep] for index, keep in zip(matched, positive)]
+            side = 2 * MASK_ROI_SIZE
+            outputs.mask_targets = mask_targets(matching.masks, rois, gt_index, side)
+        features = self.mask_roi_align(p_levels, rois, batch.image_sizes)
+        outputs.mask_logits = self.mask_predictor(self.mask_head(features))
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _matching_targets(self, targets: list[Target] | None) -> _MatchingTargets:
+        """Boxes (1..K labels, masks) used for matching: crowd and empty boxes are dropped."""
+        if targets is None:
+            raise DataError("training Faster/Mask R-CNN needs targets passed to forward")
+        boxes, labels, masks = [], [], []
+        for target in targets:
+            if target.labels.numel() and (
+                target.labels.min() < 0 or target.labels.max() >= self.num_classes
+            ):
+                raise DataError(
+                    f"image {target.image_id}: labels must lie in 0..{self.num_classes - 1}"
+                )
+            keep = (target.boxes[:, 2] > target.boxes[:, 0]) & (
+                target.boxes[:, 3] > target.boxes[:, 1]
+            )
+            if target.iscrowd is not None:
+                keep &= ~target.iscrowd.bool()
+            boxes.append(target.boxes[keep].float().to(self.device))
+            labels.append(target.labels[keep].to(self.device) + 1)
+            if self.config.with_masks:
+                if target.masks is None:
+                    raise DataError(f"image {target.image_id}: Mask R-CNN needs target masks")
+                masks.append(target.masks[keep].to(self.device))
+        return _MatchingTargets(boxes, labels, masks if self.config.with_masks else None)
+
+    def _sample_training_examples(
+        self, outputs: RCNNOutputs, anchors: Tensor, matching: _MatchingTargets
+    ) -> list[Tensor]:
+        """Fill the RPN and RoI training fields of ``outputs``; replace its proposals by the
+        sampled RoIs. Returns each RoI's matched ground-truth index per image."""
+        config = self.config
+        outputs.rpn_labels, outputs.rpn_regression_targets = rpn_targets(
+            anchors,
+            matching.boxes,
+            Matcher(config.rpn_fg_iou_thresh, config.rpn_bg_iou_thresh, True),
+            BalancedSampler(config.rpn_batch_size_per_image, config.rpn_positive_fraction),
+            self.rpn_coder,
+        )
+        rois, labels, regression_targets, matched = sample_proposals(
+            outputs.proposals,
+            matching.boxes,
+            matching.labels,
+            Matcher(config.box_fg_iou_thresh, config.box_bg_iou_thresh),
+            BalancedSampler(config.box_batch_size_per_image, config.box_positive_fraction),
+            self.roi_coder,
+        )
+        outputs.proposals = rois
+        outputs.roi_labels, outputs.roi_regression_targets = labels, regression_targets
+        return matched
+
+    def loss(self, outputs: RCNNOutputs, targets: list[Target]) -> dict[str, Tensor]:
+        """``{"rpn_objectness", "rpn_box", "cls", "box"}`` and ``"mask"`` with masks.
+
+        ``outputs`` must come from a training-mode forward (which sampled the examples from
+        ``targets``).
+        """
+        if outputs.rpn_labels is None or outputs.roi_labels is None:
+            raise ValueError("loss needs the outputs of a training-mode forward with targets")
+        losses = rpn_losses(
+            outputs.rpn_objectness,
+            outputs.rpn_deltas,
+            outputs.rpn_labels,
+            outputs.rpn_regression_targets,
+        )
+        losses |= box_losses(
+            outputs.class_logits,
+            outputs.box_regression,
+            outputs.roi_labels,
+            outputs.roi_regression_targets,
+        )
+        if self.config.with_masks:
+            positive_labels = outputs.roi_labels[outputs.roi_labels > 0]
+            losses["mask"] = mask_loss(outputs.mask_logits, positive_labels, outputs.mask_targets)
+        return losses
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _select_detections(self, outputs: RCNNOutputs, batch: ImageBatch) -> None:
+        config = self.config
+        boxes, scores, labels = select_detections(
+            outputs.class_logits,
+            outputs.box_regression,
+            outputs.proposals,
+            batch.image_sizes,
+            self.roi_coder,
+            config.score_thresh,
+            config.nms_thresh,
+            config.detections_per_img,
+        )
+        outputs.detection_boxes, outputs.detection_scores = boxes, scores
+        outputs.detection_labels = labels
+
+    def postprocess(self, outputs: RCNNOutputs, batch: ImageBatch) -> list[Detections]:
+        """Detections in original-image pixels; labels ``0..K-1``; masks ``bool (N, H, W)``
+        pasted from the 28x28 mask of each detection's class."""
+        counts = [len(boxes) for boxes in outputs.detection_boxes]
+        mask_logits = [None] * len(counts)
+        if outputs.mask_logits is not None:
+            mask_logits = outputs.mask_logits.split(counts)
+        results = []
+        for index, (boxes, scores, labels) in enumerate(
+            zip(outputs.detection_boxes, outputs.detection_scores, outputs.detection_labels)
+        ):
+            (height, width), (orig_h, orig_w) = (
+                batch.image_sizes[index],
+                batch.original_sizes[index],
+            )
+            ratio_w = torch.tensor(orig_w, dtype=torch.float32) / torch.tensor(
+                width, dtype=torch.float32
+            )
+            ratio_h = torch.tensor(orig_h, dtype=torch.float32) / torch.tensor(
+                height, dtype=torch.float32
+            )
+            boxes = boxes * torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes.device)
+            masks = None
+            if mask_logits[index] is not None:
+                own = mask_logits[index][torch.arange(len(labels), device=labels.device), labels]
+                pasted = paste_masks(own.sigmoid(), boxes, (orig_h, orig_w))
+                masks = pasted > self.config.mask_threshold
+            results.append(Detections(boxes, scores, labels - 1, masks))
+        return results
+
+
+class FasterRCNN(MaskRCNN):
+    """Faster R-CNN: :class:`MaskRCNN` without the mask branch (task ``detect``)."""
+
+    task = "detect"
+
+    def __init__(self, config: RCNNConfig, class_names: list[str]) -> None:
+        if config.with_masks:
+            raise ConfigError("FasterRCNN has no mask branch; set with_masks=false")
+        super().__init__(config, class_names)
