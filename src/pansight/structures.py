@@ -201,6 +201,8 @@ class Target:
 def _resize_nearest(maps: Tensor, size: Size) -> Tensor:
     """Nearest-neighbour resize of ``(H, W)`` or ``(N, H, W)`` integer/bool maps."""
     batched = maps.unsqueeze(0) if maps.dim() == 2 else maps
+    if batched.shape[0] == 0:
+        return maps.new_zeros((0, *size))
     resized = F.interpolate(batched[None].float(), size=size, mode="nearest")[0]
     resized = resized.to(maps.dtype)
     return resized[0] if maps.dim() == 2 else resized

@@ -283,7 +283,7 @@ class MaskRCNN(PansightModel):
         return objectness, deltas, torch.cat(per_level), [len(a) for a in per_level]
 
     def decode_anchors(self, deltas: Tensor, anchors: Tensor) -> Tensor:
-        """Deltas ``(B, N, 4)`` (weights 1, 1, 1, 1) on anchors ``(N, 4)`` -> boxes ``(B, N, 4)``."""
+        """Deltas ``(B, N, 4)`` (weights 1, 1, 1, 1) on anchors ``(N, 4)`` -> ``(B, N, 4)``."""
         batch_size = deltas.shape[0]
         flat_anchors = anchors.repeat(batch_size, 1)
         boxes = self.rpn_coder.decode(deltas.detach().reshape(-1, 4), flat_anchors)
@@ -363,10 +363,16 @@ class MaskRCNN(PansightModel):
             boxes.append(target.boxes[keep].float().to(self.device))
             labels.append(target.labels[keep].to(self.device) + 1)
             if self.config.with_masks:
-                if target.masks is None:
-                    raise DataError(f"image {target.image_id}: Mask R-CNN needs target masks")
-                masks.append(target.masks[keep].to(self.device))
+                masks.append(self._target_masks(target, keep))
         return _MatchingTargets(boxes, labels, masks if self.config.with_masks else None)
+
+    def _target_masks(self, target: Target, keep: Tensor) -> Tensor:
+        """``(G, H, W)`` masks of the kept objects; an image without objects may have none."""
+        if target.masks is not None:
+            return target.masks[keep].to(self.device)
+        if keep.any():
+            raise DataError(f"image {target.image_id}: Mask R-CNN needs target masks")
+        return torch.zeros((0, *target.size), dtype=torch.bool, device=self.device)
 
     def _sample_training_examples(
         self, outputs: RCNNOutputs, anchors: Tensor, matching: _MatchingTargets

@@ -20,6 +20,7 @@ from pansight.errors import CheckpointError, ConfigError
 from pansight.models.base import PansightModel
 from pansight.models.classifier import Classifier, ClassifierConfig, import_torchvision_resnet
 from pansight.models.localizer import Localizer, LocalizerConfig
+from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,30 @@ MODELS: dict[str, ModelEntry] = {
         LocalizerConfig,
         Localizer,
         "ResNet-50 classifier + grid box head on c4",
+        {"backbone": "resnet50"},
+    ),
+    "faster_rcnn_r18_fpn": ModelEntry(
+        "detect",
+        RCNNConfig,
+        FasterRCNN,
+        "Faster R-CNN, ResNet-18 FPN",
+        {"backbone": "resnet18", "with_masks": False},
+    ),
+    "faster_rcnn_r50_fpn": ModelEntry(
+        "detect",
+        RCNNConfig,
+        FasterRCNN,
+        "Faster R-CNN, ResNet-50 FPN (torchvision layout)",
+        {"backbone": "resnet50", "with_masks": False},
+    ),
+    "mask_rcnn_r18_fpn": ModelEntry(
+        "instance", RCNNConfig, MaskRCNN, "Mask R-CNN, ResNet-18 FPN", {"backbone": "resnet18"}
+    ),
+    "mask_rcnn_r50_fpn": ModelEntry(
+        "instance",
+        RCNNConfig,
+        MaskRCNN,
+        "Mask R-CNN, ResNet-50 FPN (torchvision layout)",
         {"backbone": "resnet50"},
     ),
 }
