@@ -100,3 +100,20 @@ def test_a_second_run_into_the_same_folder_is_refused(trained, capsys):
     assert main(["train", "classify", "data=digits", f"out={trained}", *TINY]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (trained / "model.pt").read_bytes() == before
+
+
+def test_instance_rung_trains_evaluates_and_predicts(tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "instance", "data.num_train=8", "data.num_val=4", "max_iters=2"]
+    assert main([*argv, "batch_size=2", f"out={out}"]) == 0
+    assert main(["eval", str(out / "model.pt"), "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert {"box_AP", "mask_AP", "mask_AP50"} <= set(metrics)
+    dataset = ShapesDataset(split="val", mode="multi", num_images=2, image_size=96)
+    for i in range(2):
+        write_image(dataset[i][0], tmp_path / "images" / f"img{i}.png")
+    pred = tmp_path / "pred"
+    argv = ["predict", str(out / "model.pt"), str(tmp_path / "images"), "--out", str(pred)]
+    assert main(argv) == 0
+    results = json.loads((pred / "results.json").read_text())
+    assert results["task"] == "instance" and isinstance(results["images"][0]["result"], list)

@@ -19,12 +19,30 @@ from pansight.config import TASKS, DataConfig, TrainConfig, apply_overrides, fro
 from pansight.errors import ConfigError
 from pansight.models.base import PansightModel
 
-DEFAULT_MODELS = {"classify": "classifier_r18", "localize": "localizer_r18"}
+DEFAULT_MODELS = {
+    "classify": "classifier_r18",
+    "localize": "localizer_r18",
+    "detect": "faster_rcnn_r18_fpn",
+    "instance": "mask_rcnn_r18_fpn",
+}
 """The model each task trains when no ``model=`` is given."""
+
+RCNN_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 0.02,
+    "weight_decay": 1e-4,
+    "batch_size": 4,
+    "warmup_iters": 100,
+    "clip_grad": 10.0,
+    "data.mode": "multi",
+    "data.image_size": 128,
+}
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "classify": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "batch_size": 64},
     "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 64},
+    "detect": {**RCNN_DEFAULTS},
+    "instance": {**RCNN_DEFAULTS},
 }
 """Training settings that suit each task better than TrainConfig's generic defaults."""
 

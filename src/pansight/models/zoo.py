@@ -45,6 +45,20 @@ class ModelEntry:
         return self.config_cls(**self.defaults)
 
 
+SMALL_RCNN: dict[str, Any] = {
+    "min_size": 128,
+    "max_size": 256,
+    "fpn_channels": 128,
+    "anchor_sizes": (8, 16, 32, 64, 128),
+    "rpn_pre_nms_top_n_train": 600,
+    "rpn_post_nms_top_n_train": 300,
+    "rpn_pre_nms_top_n_test": 300,
+    "rpn_post_nms_top_n_test": 100,
+    "box_batch_size_per_image": 128,
+    "representation_size": 256,
+}
+"""R-CNN settings for the ResNet-18 variants: images of about 128 px (the synthetic world)."""
+
 MODELS: dict[str, ModelEntry] = {
     "classifier_r18": ModelEntry(
         "classify", ClassifierConfig, Classifier, "ResNet-18 classifier", {"backbone": "resnet18"}
@@ -87,8 +101,8 @@ MODELS: dict[str, ModelEntry] = {
         "detect",
         RCNNConfig,
         FasterRCNN,
-        "Faster R-CNN, ResNet-18 FPN",
-        {"backbone": "resnet18", "with_masks": False},
+        "Faster R-CNN, ResNet-18 FPN, sized for small images (CPU training)",
+        {"backbone": "resnet18", "with_masks": False, **SMALL_RCNN},
     ),
     "faster_rcnn_r50_fpn": ModelEntry(
         "detect",
@@ -98,7 +112,11 @@ MODELS: dict[str, ModelEntry] = {
         {"backbone": "resnet50", "with_masks": False},
     ),
     "mask_rcnn_r18_fpn": ModelEntry(
-        "instance", RCNNConfig, MaskRCNN, "Mask R-CNN, ResNet-18 FPN", {"backbone": "resnet18"}
+        "instance",
+        RCNNConfig,
+        MaskRCNN,
+        "Mask R-CNN, ResNet-18 FPN, sized for small images (CPU training)",
+        {"backbone": "resnet18", **SMALL_RCNN},
     ),
     "mask_rcnn_r50_fpn": ModelEntry(
         "instance",
