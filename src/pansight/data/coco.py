@@ -1,8 +1,9 @@
 """COCO data sets: the instances and panoptic readers, and the instances writer.
 
-The readers check the JSON when they are built (structure, categories, boxes, segmentations) and
-decode images, masks and panoptic PNGs when an item is read. Anything unusable raises
-:class:`~pansight.errors.DataError` naming the file and the image, annotation or key at fault.
+The readers check the JSON when they are built (structure, categories, boxes, segmentations;
+the checks are in :mod:`pansight.data.coco_format`) and decode images, masks and panoptic PNGs
+when an item is read. Anything unusable raises :class:`~pansight.errors.DataError` naming the
+file and the image, annotation or key at fault.
 
 Category ids may be any integers: a data set's labels are the positions of its categories in id
 order, and its ``category_ids`` map labels back. Boxes are read as COCO ``xywh`` pixel extents
@@ -12,7 +13,6 @@ and returned as ``xyxy``.
 from __future__ import annotations
 
 import json
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,23 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert, masks_to_boxes
 
+from pansight.data.coco_format import (
+    check_box,
+    check_category,
+    check_segmentation,
+    decode_segmentation,
+    is_int,
+    load_json,
+    parse_categories,
+    parse_images,
+    require_keys,
+    require_list,
+)
 from pansight.data.coco_panoptic import read_panoptic_png
 from pansight.data.images import read_image
 from pansight.errors import DataError
 from pansight.structures import IGNORE_LABEL, PanopticMap, Segment, Size, Target
 
-IMAGE_KEYS = ("id", "file_name", "height", "width")
 INSTANCE_KEYS = ("id", "image_id", "category_id", "bbox")
 PANOPTIC_KEYS = ("image_id", "file_name", "segments_info")
 
@@ -60,7 +71,7 @@ class CocoInstances(Dataset):
         self.category_ids = [category["id"] for category in categories]
         self._label_of = {category_id: i for i, category_id in enumerate(self.category_ids)}
         self._images = parse_images(self.annotation_file, data["images"])
-        annotations = _records(self.annotation_file, data, "annotations")
+        annotations = require_list(self.annotation_file, data, "annotations")
         self.has_masks = self._check_segmentation_presence(annotations)
         self._annotations_of = self._group_annotations(annotations)
 
@@ -104,12 +115,10 @@ class CocoInstances(Dataset):
             where = f"{path}: annotation {annotation['id']}"
             if annotation["image_id"] not in grouped:
                 raise DataError(f"{where}: image_id {annotation['image_id']} is not in 'images'")
-            _check_category(where, annotation["category_id"], self._label_of)
-            _check_box(where, annotation["bbox"])
+            check_category(where, annotation["category_id"], self._label_of)
+            check_box(where, annotation["bbox"])
             if self.has_masks:
-                _check_segmentation(
-                    where, annotation["segmentation"], sizes[annotation["image_id"]]
-                )
+                check_segmentation(where, annotation["segmentation"], sizes[annotation["image_id"]])
             grouped[annotation["image_id"]].append(annotation)
         return grouped
 
@@ -149,7 +158,7 @@ class CocoPanoptic(Dataset):
         }
         self._thing_label_of = {label: i for i, label in enumerate(things)}
         self._images = parse_images(path, data["images"])
-        self._annotation_of = self._index_annotations(_records(path, data, "annotations"))
+        self._annotation_of = self._index_annotations(require_list(path, data, "annotations"))
 
     def __len__(self) -> int:
         return len(self._images)
@@ -191,11 +200,11 @@ class CocoPanoptic(Dataset):
             if annotation["image_id"] in indexed:
                 raise DataError(f"{where}: the image has two annotation records")
             segment_ids = set()
-            for segment in _records(path, annotation, "segments_info"):
+            for segment in require_list(path, annotation, "segments_info"):
                 require_keys(path, segment, ("id", "category_id"), f"{where}: a segment")
-                if not _is_int(segment["id"]) or segment["id"] <= 0 or segment["id"] in segment_ids:
+                if not is_int(segment["id"]) or segment["id"] <= 0 or segment["id"] in segment_ids:
                     raise DataError(f"{where}: segment id {segment['id']!r} is invalid or repeated")
-                _check_category(
+                check_category(
                     f"{where}: segment {segment['id']}", segment["category_id"], self._label_of
                 )
                 segment_ids.add(segment["id"])
@@ -229,61 +238,6 @@ class CocoPanoptic(Dataset):
         return PanopticMap(torch.from_numpy(ids), segments)
 
 
-def load_json(path: Path, required_keys: Sequence[str]) -> dict[str, Any]:
-    """The JSON object in ``path``, which must have ``required_keys``.
-
-    Raises:
-        DataError: naming the file: missing, unreadable, invalid JSON or a missing key.
-    """
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read annotation file: {error}") from None
-    except ValueError as error:
-        raise DataError(f"{path}: invalid JSON: {error}") from None
-    require_keys(path, data, required_keys, "the top-level object")
-    return data
-
-
-def require_keys(path: Path, record: Any, keys: Sequence[str], where: str) -> None:
-    """Raise a DataError naming ``path`` and ``where`` unless ``record`` is a dict with ``keys``."""
-    if not isinstance(record, dict):
-        raise DataError(f"{path}: {where} must be a JSON object")
-    for key in keys:
-        if key not in record:
-            raise DataError(f"{path}: {where} is missing required key '{key}'")
-
-
-def parse_categories(path: Path, records: Any, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """The category records sorted by id, each with ``keys`` and a unique integer id."""
-    if not isinstance(records, list) or not records:
-        raise DataError(f"{path}: 'categories' must be a non-empty list")
-    seen = set()
-    for position, category in enumerate(records):
-        require_keys(path, category, keys, f"categories[{position}]")
-        if not _is_int(category["id"]) or category["id"] in seen:
-            raise DataError(f"{path}: category id {category['id']!r} is invalid or repeated")
-        seen.add(category["id"])
-    return sorted(records, key=lambda category: category["id"])
-
-
-def parse_images(path: Path, records: Any) -> list[dict[str, Any]]:
-    """The image records, each with a unique id, a file name and a positive height and width."""
-    if not isinstance(records, list) or not records:
-        raise DataError(f"{path}: the image list 'images' is empty (or not a list)")
-    seen = set()
-    for position, image in enumerate(records):
-        require_keys(path, image, IMAGE_KEYS, f"images[{position}]")
-        if not _is_int(image["id"]) or image["id"] in seen:
-            raise DataError(f"{path}: image id {image['id']!r} is invalid or repeated")
-        if not all(_is_int(image[key]) and image[key] > 0 for key in ("height", "width")):
-            raise DataError(f"{path}: image {image['id']}: height and width must be positive")
-        seen.add(image["id"])
-    return records
-
-
 def read_checked_image(image_dir: Path, info: dict[str, Any], annotation_file: Path) -> Tensor:
     """The ``(3, H, W)`` image of record ``info``, which must have the size the record says."""
     path = image_dir / info["file_name"]
@@ -294,20 +248,6 @@ def read_checked_image(image_dir: Path, info: dict[str, Any], annotation_file: P
             f"{annotation_file} is {info['height']}x{info['width']} (height x width)"
         )
     return image
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """``(H, W)`` bool mask of a COCO segmentation: polygons (``[]``: empty), uncompressed RLE
-    (``counts`` a list) or compressed RLE (``counts`` a string)."""
-    if isinstance(segmentation, list):
-        if not segmentation:
-            return np.zeros((height, width), dtype=bool)
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle).astype(bool)
 
 
 def mask_boxes(masks: Tensor) -> Tensor:
@@ -375,70 +315,3 @@ def _decode_masks(annotations: list[dict[str, Any]], height: int, width: int) ->
 def _is_crowd(annotation: dict[str, Any]) -> bool:
     """Crowd regions, and regions some COCO-style files flag ``ignore``, count as crowd."""
     return bool(annotation.get("iscrowd", 0) or annotation.get("ignore", 0))
-
-
-def _records(path: Path, data: dict[str, Any], key: str) -> list[Any]:
-    if not isinstance(data[key], list):
-        raise DataError(f"{path}: '{key}' must be a list")
-    return data[key]
-
-
-def _check_category(where: str, category_id: Any, label_of: dict[int, int]) -> None:
-    if category_id not in label_of:
-        known = ", ".join(map(str, label_of))
-        raise DataError(f"{where}: unknown category_id {category_id!r} (known: {known})")
-
-
-def _check_box(where: str, box: Any) -> None:
-    if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
-        raise DataError(f"{where}: bbox must be [x, y, width, height], got {box!r}")
-    if box[2] < 0 or box[3] < 0:
-        raise DataError(f"{where}: bbox {box} has a negative width or height")
-
-
-def _check_segmentation(where: str, segmentation: Any, size: Size) -> None:
-    """Polygons of at least 3 points, or an RLE of the image's size whose runs cover it."""
-    if isinstance(segmentation, list):
-        for polygon in segmentation:
-            if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0):
-                raise DataError(f"{where}: a polygon must list at least 3 x, y pairs")
-            if not all(map(_is_number, polygon)):
-                raise DataError(f"{where}: polygon coordinates must be numbers")
-        return
-    if not (isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation):
-        raise DataError(f"{where}: segmentation must be polygons or an RLE with counts and size")
-    if list(segmentation["size"]) != list(size):
-        raise DataError(f"{where}: RLE size {segmentation['size']} is not the image's {list(size)}")
-    counts = segmentation["counts"]
-    runs = counts if isinstance(counts, list) else _compressed_counts(where, counts)
-    if not all(_is_int(run) and run >= 0 for run in runs) or sum(runs) != size[0] * size[1]:
-        raise DataError(f"{where}: RLE counts must be run lengths adding up to height x width")
-
-
-def _compressed_counts(where: str, counts: Any) -> list[int]:
-    """Run lengths of a compressed RLE string (COCO's 6-bit, difference-coded run lengths)."""
-    if not isinstance(counts, str):
-        raise DataError(f"{where}: RLE counts must be a list or a string")
-    runs: list[int] = []
-    value, shift = 0, 0
-    for character in counts:
-        chunk = ord(character) - 48
-        value |= (chunk & 0x1F) << shift
-        shift += 5
-        if chunk & 0x20:
-            continue
-        if chunk & 0x10:
-            value -= 1 << shift
-        runs.append(value + runs[-2] if len(runs) > 2 else value)
-        value, shift = 0, 0
-    if shift:
-        raise DataError(f"{where}: RLE counts string ends in the middle of a number")
-    return runs
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -7,6 +7,7 @@ deltas per anchor), :meth:`~MaskRCNN.decode_anchors`, :meth:`~MaskRCNN.nms_propo
 :meth:`~MaskRCNN.roi_align_boxes`, and the branches :meth:`~MaskRCNN.box_branch` and
 :meth:`~MaskRCNN.mask_branch`.
 
+Matching, sampling and the losses (training only) are in :mod:`pansight.models.rcnn_training`.
 Parameter names follow torchvision's detection models (``fc6``, ``cls_score``,
 ``conv5_mask``, ...) so :mod:`pansight.models.rcnn_import` maps their checkpoints in by prefix.
 """
@@ -25,20 +26,23 @@ from pansight.models.backbones import ResNetBody
 from pansight.models.base import PansightModel
 from pansight.models.classifier import check_class_names
 from pansight.models.fpn import FPN
+from pansight.models.rcnn_training import (
+    MatchingTargets,
+    matching_targets,
+    positive_rois_with_mask_targets,
+    rcnn_losses,
+    sample_training_examples,
+)
 from pansight.models.roi_heads import (
     BoxPredictor,
     MaskHead,
     MaskPredictor,
     TwoMLPHead,
-    box_losses,
-    mask_loss,
-    mask_targets,
-    sample_proposals,
     select_detections,
 )
-from pansight.models.rpn import RPNHead, rpn_losses, rpn_targets, select_proposals
+from pansight.models.rpn import RPNHead, select_proposals
 from pansight.ops.anchors import AnchorGenerator
-from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
+from pansight.ops.boxes import BoxCoder
 from pansight.ops.masks import paste_masks
 from pansight.structures import Detections, ImageBatch, Size, Target
 
@@ -154,15 +158,6 @@ class RCNNOutputs:
     mask_targets: Tensor | None = None
 
 
-@dataclass
-class _MatchingTargets:
-    """Ground truth used for matching, per image: boxes ``(G, 4)``, labels ``1..K``, masks."""
-
-    boxes: list[Tensor]
-    labels: list[Tensor]
-    masks: list[Tensor] | None
-
-
 class MaskRCNN(PansightModel):
     """Mask R-CNN (and, with ``with_masks=False``, Faster R-CNN) on ResNet-FPN.
 
@@ -241,7 +236,11 @@ class MaskRCNN(PansightModel):
 
         ``targets`` (input frame) are required in training mode and ignored otherwise.
         """
-        matching = self._matching_targets(targets) if self.training else None
+        matching = None
+        if self.training:
+            matching = matching_targets(
+                targets, self.num_classes, self.config.with_masks, self.device
+            )
         c_levels = self.backbone_levels(batch)
         p_levels = self.pyramid_levels(c_levels)
         objectness, deltas, anchors, level_sizes = self.rpn_per_level(p_levels, batch)
@@ -250,7 +249,9 @@ class MaskRCNN(PansightModel):
         outputs = RCNNOutputs(proposals, *([None] * 2), [], [], [], None, objectness, deltas)
         matched = None
         if matching is not None:
-            matched = self._sample_training_examples(outputs, anchors, matching)
+            matched = sample_training_examples(
+                outputs, anchors, matching, self.config, self.rpn_coder, self.roi_coder
+            )
         box_features = self.roi_align_boxes(p_levels, outputs.proposals, batch)
         outputs.class_logits, outputs.box_regression = self.box_branch(box_features)
         if matching is None:
@@ -322,7 +323,7 @@ class MaskRCNN(PansightModel):
         p_levels: dict[str, Tensor],
         outputs: RCNNOutputs,
         batch: ImageBatch,
-        matching: _MatchingTargets | None,
+        matching: MatchingTargets | None,
         matched: list[Tensor] | None,
     ) -> None:
         """Mask logits ``(R, K + 1, 28, 28)`` (and, in training, their targets) into
@@ -330,74 +331,11 @@ class MaskRCNN(PansightModel):
         if matching is None or matched is None:
             rois = outputs.detection_boxes
         else:
-            positive = [
-                labels > 0
-                for labels in outputs.roi_labels.split([len(p) for p in outputs.proposals])
-            ]
-            rois = [p[keep] for p, keep in zip(outputs.proposals, positive)]
-            gt_index = [index[keep] for index, keep in zip(matched, positive)]
-            side = 2 * MASK_ROI_SIZE
-            outputs.mask_targets = mask_targets(matching.masks, rois, gt_index, side)
+            rois = positive_rois_with_mask_targets(outputs, matching, matched, 2 * MASK_ROI_SIZE)
         features = self.mask_roi_align(p_levels, rois, batch.image_sizes)
         outputs.mask_logits = self.mask_predictor(self.mask_head(features))
 
     # -- training ------------------------------------------------------------------------------
-
-    def _matching_targets(self, targets: list[Target] | None) -> _MatchingTargets:
-        """Boxes (1..K labels, masks) used for matching: crowd and empty boxes are dropped."""
-        if targets is None:
-            raise DataError("training Faster/Mask R-CNN needs targets passed to forward")
-        boxes, labels, masks = [], [], []
-        for target in targets:
-            if target.labels.numel() and (
-                target.labels.min() < 0 or target.labels.max() >= self.num_classes
-            ):
-                raise DataError(
-                    f"image {target.image_id}: labels must lie in 0..{self.num_classes - 1}"
-                )
-            keep = (target.boxes[:, 2] > target.boxes[:, 0]) & (
-                target.boxes[:, 3] > target.boxes[:, 1]
-            )
-            if target.iscrowd is not None:
-                keep &= ~target.iscrowd.bool()
-            boxes.append(target.boxes[keep].float().to(self.device))
-            labels.append(target.labels[keep].to(self.device) + 1)
-            if self.config.with_masks:
-                masks.append(self._target_masks(target, keep))
-        return _MatchingTargets(boxes, labels, masks if self.config.with_masks else None)
-
-    def _target_masks(self, target: Target, keep: Tensor) -> Tensor:
-        """``(G, H, W)`` masks of the kept objects; an image without objects may have none."""
-        if target.masks is not None:
-            return target.masks[keep].to(self.device)
-        if keep.any():
-            raise DataError(f"image {target.image_id}: Mask R-CNN needs target masks")
-        return torch.zeros((0, *target.size), dtype=torch.bool, device=self.device)
-
-    def _sample_training_examples(
-        self, outputs: RCNNOutputs, anchors: Tensor, matching: _MatchingTargets
-    ) -> list[Tensor]:
-        """Fill the RPN and RoI training fields of ``outputs``; replace its proposals by the
-        sampled RoIs. Returns each RoI's matched ground-truth index per image."""
-        config = self.config
-        outputs.rpn_labels, outputs.rpn_regression_targets = rpn_targets(
-            anchors,
-            matching.boxes,
-            Matcher(config.rpn_fg_iou_thresh, config.rpn_bg_iou_thresh, True),
-            BalancedSampler(config.rpn_batch_size_per_image, config.rpn_positive_fraction),
-            self.rpn_coder,
-        )
-        rois, labels, regression_targets, matched = sample_proposals(
-            outputs.proposals,
-            matching.boxes,
-            matching.labels,
-            Matcher(config.box_fg_iou_thresh, config.box_bg_iou_thresh),
-            BalancedSampler(config.box_batch_size_per_image, config.box_positive_fraction),
-            self.roi_coder,
-        )
-        outputs.proposals = rois
-        outputs.roi_labels, outputs.roi_regression_targets = labels, regression_targets
-        return matched
 
     def loss(self, outputs: RCNNOutputs, targets: list[Target]) -> dict[str, Tensor]:
         """``{"rpn_objectness", "rpn_box", "cls", "box"}`` and ``"mask"`` with masks.
@@ -405,24 +343,7 @@ class MaskRCNN(PansightModel):
         ``outputs`` must come from a training-mode forward (which sampled the examples from
         ``targets``).
         """
-        if outputs.rpn_labels is None or outputs.roi_labels is None:
-            raise ValueError("loss needs the outputs of a training-mode forward with targets")
-        losses = rpn_losses(
-            outputs.rpn_objectness,
-            outputs.rpn_deltas,
-            outputs.rpn_labels,
-            outputs.rpn_regression_targets,
-        )
-        losses |= box_losses(
-            outputs.class_logits,
-            outputs.box_regression,
-            outputs.roi_labels,
-            outputs.roi_regression_targets,
-        )
-        if self.config.with_masks:
-            positive_labels = outputs.roi_labels[outputs.roi_labels > 0]
-            losses["mask"] = mask_loss(outputs.mask_logits, positive_labels, outputs.mask_targets)
-        return losses
+        return rcnn_losses(outputs, self.config.with_masks)
 
     # -- results -------------------------------------------------------------------------------
 
