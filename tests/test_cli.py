@@ -117,3 +117,14 @@ def test_instance_rung_trains_evaluates_and_predicts(tmp_path):
     assert main(argv) == 0
     results = json.loads((pred / "results.json").read_text())
     assert results["task"] == "instance" and isinstance(results["images"][0]["result"], list)
+
+
+def test_coco_written_by_the_synthetic_world_trains_and_evaluates(tmp_path):
+    data = tmp_path / "coco"
+    argv = ["data", "write", "--out", str(data), "--num-train", "4", "--num-val", "2"]
+    assert main([*argv, "--image-size", "96"]) == 0
+    out = tmp_path / "run"
+    argv = ["train", "detect", "data=coco", f"data.root={data}", "max_iters=1", "batch_size=2"]
+    assert main([*argv, f"out={out}"]) == 0
+    assert main(["eval", str(out / "model.pt"), "--out", str(tmp_path / "m.json")]) == 0
+    assert "box_AP50" in json.loads((tmp_path / "m.json").read_text())
