@@ -137,7 +137,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from pansight.data.shapes import ShapesDataset, write_coco
+    from pansight.data.shapes import ShapesDataset
+    from pansight.data.shapes_coco import write_coco
 
     for split, count in (("train", args.num_train), ("val", args.num_val)):
         dataset = ShapesDataset(

@@ -15,8 +15,8 @@ from pansight.data.shapes import (
     THING_CLASSES,
     ShapesDataset,
     render_sample,
-    write_coco,
 )
+from pansight.data.shapes_coco import write_coco
 from pansight.errors import DataError
 from pansight.structures import IGNORE_LABEL
 
