@@ -29,12 +29,19 @@ class Rung:
 
 
 def rungs(quick: bool) -> list[Rung]:
-    """The rungs the demo trains (bfloat16 mixed precision); ``quick`` halves the images."""
+    """The rungs the demo trains; ``quick`` halves the work.
+
+    Classification and localization train for epochs in bfloat16 mixed precision; the R-CNN
+    rungs for a fixed number of iterations.
+    """
     images = 1500 if quick else 3000
     settings = {"data.num_train": images, "epochs": 8, "amp": True}
+    rcnn = {"max_iters": 300 if quick else 600, "data.num_val": 100}
     return [
         Rung("classify", "classification", "top1", settings),
         Rung("localize", "localization", "loc_accuracy", settings),
+        Rung("detect", "detection", "box_AP", rcnn),
+        Rung("instance", "instance", "mask_AP", rcnn),
     ]
 
 
@@ -72,15 +79,22 @@ def draw_world(path: Path, count: int = 4) -> None:
     save_png(image_grid(pictures, ncol=3), path)
 
 
-def draw_predictions(model: PansightModel, path: Path, count: int = 16) -> None:
-    """A grid of the model's predictions on single-object validation images."""
-    dataset = ShapesDataset(split="val", mode="single", num_images=count, image_size=64)
-    images = [dataset[i][0] for i in range(count)]
+MULTI_OBJECT_TASKS = ("detect", "semantic", "instance", "panoptic")
+
+
+def draw_predictions(model: PansightModel, path: Path) -> None:
+    """A grid of the model's predictions on validation images: 16 single-object 64 px images
+    for classification and localization, 8 multi-object 128 px scenes for the other rungs."""
+    if model.task in MULTI_OBJECT_TASKS:
+        dataset = ShapesDataset(split="val", mode="multi", num_images=8, image_size=128)
+    else:
+        dataset = ShapesDataset(split="val", mode="single", num_images=16, image_size=64)
+    images = [dataset[i][0] for i in range(len(dataset))]
     results = model.predict(images)
     pictures = [
         draw_result(image, result, model.class_names) for image, result in zip(images, results)
     ]
-    save_png(image_grid(pictures, ncol=8), path)
+    save_png(image_grid(pictures, ncol=8 if len(images) > 8 else 4), path)
 
 
 def print_summary(summary: dict[str, dict[str, float]], ladder: list[Rung], out: Path) -> None:
