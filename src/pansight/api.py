@@ -24,6 +24,7 @@ DEFAULT_MODELS = {
     "localize": "localizer_r18",
     "detect": "faster_rcnn_r18_fpn",
     "instance": "mask_rcnn_r18_fpn",
+    "semantic": "fcn8s_r18",
 }
 """The model each task trains when no ``model=`` is given."""
 
@@ -43,6 +44,14 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 64},
     "detect": {**RCNN_DEFAULTS},
     "instance": {**RCNN_DEFAULTS},
+    "semantic": {
+        "optimizer": "adamw",
+        "lr": 4e-3,
+        "weight_decay": 0.01,
+        "batch_size": 16,
+        "data.mode": "multi",
+        "data.image_size": 128,
+    },
 }
 """Training settings that suit each task better than TrainConfig's generic defaults."""
 
@@ -127,7 +136,8 @@ def prepare_run_folder(config: TrainConfig) -> None:
 
 
 def load(path: str | Path) -> PansightModel:
-    """A model from a pansight checkpoint (``model.pt`` or ``last.pt``), in eval mode."""
+    """A model from a pansight checkpoint (``model.pt`` or ``last.pt``), or from a torchvision
+    Faster/Mask R-CNN state dict (``.pth``), in eval mode."""
     from pansight.models.zoo import load as load_checkpoint_model
 
     return load_checkpoint_model(path).eval()
@@ -144,14 +154,17 @@ def evaluate(
     """Metrics of a model (or checkpoint path) on a data set.
 
     ``data`` defaults to the data set the checkpoint was trained on (the synthetic world for an
-    in-memory model); a string sets its ``name``, ``data_overrides`` its other fields.
+    in-memory model or torchvision weights); a string sets its ``name``, ``data_overrides`` its
+    other fields.
     """
     from pansight.data.factory import build_dataset
     from pansight.engine.checkpoint import load_checkpoint
     from pansight.engine.evaluator import evaluate as evaluate_model
-    from pansight.models.zoo import model_from_checkpoint
+    from pansight.models.zoo import model_from_checkpoint, torchvision_rcnn_weights
 
     trained_on = DataConfig()
+    if not isinstance(model, PansightModel) and torchvision_rcnn_weights(model) is not None:
+        model = load(model)
     if not isinstance(model, PansightModel):
         payload = load_checkpoint(model)
         trained_on = from_dict(DataConfig, payload.get("train_config", {}).get("data", {}))

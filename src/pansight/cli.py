@@ -21,6 +21,8 @@ EPILOG = """examples:
   pansight train localize data.num_train=3000 out=runs/loc
   pansight eval runs/loc/model.pt
   pansight predict runs/loc/model.pt photo.png images/ --out runs/pred
+  pansight train semantic out=runs/sem
+  pansight predict runs/sem/model.pt photo.png --channels
   pansight data write --out data/shapes --mode multi
   pansight demo
 """
@@ -66,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     predict.add_argument("--out", type=Path, default=Path("runs/predict"))
     predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--channels",
+        action="store_true",
+        help="semantic models: also save each image's per-class score channels as a grid",
+    )
     predict.set_defaults(handler=run_predict)
 
     models = commands.add_parser("models", help="list the models of each task")
@@ -122,7 +129,9 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from pansight.predict import predict_files
 
-    written = predict_files(args.checkpoint, args.inputs, args.out, args.batch_size)
+    written = predict_files(
+        args.checkpoint, args.inputs, args.out, args.batch_size, channels=args.channels
+    )
     print(f"wrote {len(written)} pictures and {args.out / 'results.json'}")
     return 0
 

@@ -32,15 +32,18 @@ def rungs(quick: bool) -> list[Rung]:
     """The rungs the demo trains; ``quick`` halves the work.
 
     Classification and localization train for epochs in bfloat16 mixed precision; the R-CNN
-    rungs for a fixed number of iterations.
+    rungs for a fixed number of iterations; semantic segmentation (FCN-8s) for one pass over
+    fresh images in bfloat16.
     """
     images = 1500 if quick else 3000
     settings = {"data.num_train": images, "epochs": 8, "amp": True}
     rcnn = {"max_iters": 300 if quick else 600, "data.num_val": 100}
+    semantic = {"data.num_train": 4800 if quick else 9600, "epochs": 1, "amp": True}
     return [
         Rung("classify", "classification", "top1", settings),
         Rung("localize", "localization", "loc_accuracy", settings),
         Rung("detect", "detection", "box_AP", rcnn),
+        Rung("semantic", "semantic", "mIoU", semantic),
         Rung("instance", "instance", "mask_AP", rcnn),
     ]
 

@@ -1,4 +1,8 @@
-"""Run a checkpoint over image files: annotated pictures and one JSON of results."""
+"""Run a checkpoint over image files: annotated pictures and one JSON of results.
+
+Semantic models also write each image's raw class map as a label PNG and, on request, a grid of
+its per-class score channels (the one-hot picture before the argmax).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
 from tqdm import tqdm
 
 from pansight.data.images import IMAGE_SUFFIXES, read_image
-from pansight.errors import DataError
+from pansight.data.label_folders import write_label_png
+from pansight.errors import ConfigError, DataError
 from pansight.models.base import PansightModel
-from pansight.structures import Result
+from pansight.structures import Result, SemanticMap
+
+CHANNEL_TILE_SIDE = 96
+"""Score-channel tiles smaller than this are enlarged (nearest neighbour) so captions fit."""
 
 
 def find_images(inputs: list[Path]) -> list[Path]:
@@ -35,29 +47,41 @@ def find_images(inputs: list[Path]) -> list[Path]:
 
 
 def predict_files(
-    checkpoint: Path, inputs: list[Path], out: Path, batch_size: int = 8
+    checkpoint: Path, inputs: list[Path], out: Path, batch_size: int = 8, channels: bool = False
 ) -> list[Path]:
-    """Predict every image, write ``out/<name>.png`` pictures and ``out/results.json``.
+    """Predict every image, write ``out/<index>_<name>.png`` pictures and ``out/results.json``.
 
-    Returns the pictures written. The JSON is written last and atomically, so a run that fails
-    part-way never leaves a complete-looking results file.
+    Semantic models also write ``<index>_<name>_labels.png`` (the class map, one label per
+    pixel) and, with ``channels``, ``<index>_<name>_channels.png`` (each class's score channel
+    as a grey tile, white = probability 1).
+
+    Returns the files written besides the JSON. The JSON is written last and atomically, so a
+    run that fails part-way never leaves a complete-looking results file.
+
+    Raises:
+        ConfigError: ``channels`` for a model that is not a semantic one.
     """
     from pansight.api import load
     from pansight.viz import draw_result, save_png
 
     files = find_images(inputs)
     model = load(checkpoint)
+    if channels and model.task != "semantic":
+        raise ConfigError(
+            f"{checkpoint}: --channels needs a semantic model, not a {model.task} one"
+        )
     out.mkdir(parents=True, exist_ok=True)
     records, written = [], []
     for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
         chunk = files[start : start + batch_size]
         images = [read_image(path) for path in chunk]
-        for index, (path, image, result) in enumerate(
-            zip(chunk, images, model.predict(images)), start
-        ):
-            picture = out / f"{index:05d}_{path.stem}.png"
+        results = predict_with_scores(model, images) if channels else model.predict(images)
+        for index, (path, image, result) in enumerate(zip(chunk, images, results), start):
+            picture = out / f"{_output_stem(path, index)}.png"
             save_png(draw_result(image, result, model.class_names), picture)
             written.append(picture)
+            if isinstance(result, SemanticMap):
+                written += write_semantic_files(result, model.class_names, out, path, index)
             records.append(result_record(path, index, image.shape[-2:], result, model))
     _write_json_atomically(out / "results.json", {"task": model.task, "images": records})
     return written
@@ -66,7 +90,21 @@ def predict_files(
 def result_record(
     path: Path, index: int, size: tuple[int, int], result: Result, model: PansightModel
 ) -> dict[str, Any]:
-    """One image's entry in ``results.json``: COCO-style records plus class names."""
+    """One image's entry in ``results.json``: COCO-style records plus class names.
+
+    A :class:`SemanticMap` is recorded as its label PNG's name and each present class's
+    pixel count.
+    """
+    if isinstance(result, SemanticMap):
+        labels, counts = result.labels.unique(return_counts=True)
+        pixels = {model.class_names[int(k)]: int(n) for k, n in zip(labels, counts)}
+        semantic = {"labels_png": f"{_output_stem(path, index)}_labels.png", "pixels": pixels}
+        return {
+            "file": str(path),
+            "height": int(size[0]),
+            "width": int(size[1]),
+            "result": semantic,
+        }
     category_ids = list(range(model.num_classes))
     coco = result.to_coco(index, category_ids)
     for record in coco if isinstance(coco, list) else [coco]:
@@ -74,6 +112,56 @@ def result_record(
         if "category_id" in record:
             record["class_name"] = model.class_names[record["category_id"]]
     return {"file": str(path), "height": int(size[0]), "width": int(size[1]), "result": coco}
+
+
+def predict_with_scores(model: PansightModel, images: list[Tensor]) -> list[SemanticMap]:
+    """A semantic model's results on ``images`` with their ``(K, H, W)`` class probabilities."""
+    with torch.no_grad():
+        batch, _ = model.preprocess([image.to(model.device) for image in images])
+        return model.postprocess(model(batch), batch, with_scores=True)
+
+
+def write_semantic_files(
+    result: SemanticMap, class_names: list[str], out: Path, path: Path, index: int
+) -> list[Path]:
+    """Write the label PNG of ``result`` and, if it has scores, its score-channel grid."""
+    from pansight.viz import save_png
+
+    stem = _output_stem(path, index)
+    written = [out / f"{stem}_labels.png"]
+    write_label_png(result.labels, written[0])
+    if result.scores is not None:
+        written.append(out / f"{stem}_channels.png")
+        save_png(draw_score_channels(result.scores, class_names), written[1])
+    return written
+
+
+def draw_score_channels(scores: Tensor, class_names: list[str], ncol: int = 5) -> Tensor:
+    """``(K, H, W)`` scores in ``[0, 1]`` as a grid of captioned grey tiles, ``ncol`` per row.
+
+    Returns:
+        ``(3, H', W')`` uint8 picture.
+    """
+    from pansight.viz import image_grid
+
+    factor = max(1, -(-CHANNEL_TILE_SIDE // min(scores.shape[-2:])))
+    grey = scores.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    grey = grey.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    font = ImageFont.load_default(size=12)
+    tiles = []
+    for name, channel in zip(class_names, grey):
+        tile = Image.fromarray(channel.numpy()).convert("RGB")
+        draw = ImageDraw.Draw(tile)
+        right, bottom = draw.textbbox((2, 2), name, font=font)[2:]
+        draw.rectangle((0, 0, right + 2, bottom + 2), fill=(200, 30, 30))
+        draw.text((2, 2), name, fill=(255, 255, 255), font=font)
+        tiles.append(torch.from_numpy(np.asarray(tile).copy()).permute(2, 0, 1))
+    return image_grid(tiles, ncol=min(ncol, len(tiles)))
+
+
+def _output_stem(path: Path, index: int) -> str:
+    """The name every output file of input ``path`` (number ``index``) starts with."""
+    return f"{index:05d}_{path.stem}"
 
 
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""What every model in the zoo must do: train, predict, save and load, overfit a batch.
+"""What every classification and localization model in the zoo must do: train, predict, save
+and load, overfit a batch. (The R-CNN entries have theirs in test_rcnn.py, FCN in test_fcn.py.)
 
 Models are tiny (32-pixel input). The ResNet-18 variants and one ResNet-50 run by default; the
 other entries run with ``-m slow``.
@@ -23,7 +24,8 @@ DEFAULT_SUITE = {"classifier_r18", "localizer_r18", "classifier_r50"}
 
 ZOO = [
     pytest.param(name, marks=() if name in DEFAULT_SUITE else pytest.mark.slow)
-    for name in zoo.MODELS
+    for name, entry in zoo.MODELS.items()
+    if entry.task in RESULT_TYPES
 ]
 
 

@@ -1,166 +1,20 @@
+"""Training of our Faster/Mask R-CNN. Parity with torchvision (preprocessing, imported weights,
+results) is in test_rcnn_import.py."""
+
+import dataclasses
+
 import pytest
 import torch
-import torchvision
-from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import box_iou
 
+from pansight.config import TrainConfig
 from pansight.data.shapes import ShapesDataset
-from pansight.errors import CheckpointError
-from pansight.models.base import IMAGENET_MEAN, IMAGENET_STD
-from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig, RCNNOutputs
-from pansight.models.rcnn_import import import_torchvision_rcnn
-from pansight.structures import ImageBatch, Target
+from pansight.engine.checkpoint import model_payload, save_checkpoint
+from pansight.models import zoo
+from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig
+from pansight.structures import Detections, Target
 
-NUM_CLASSES = 5
-MIN_SIZE, MAX_SIZE = 128, 192
-SIZES = {"min_size": MIN_SIZE, "max_size": MAX_SIZE, "rpn_post_nms_top_n_test": 300}
-SCORE_THRESH = 1e-3
-DETECTIONS = 60
-CLASS_NAMES = [f"class{i}" for i in range(NUM_CLASSES)]
-
-
-def _images(sizes):
-    generator = torch.Generator().manual_seed(1)
-    return [torch.rand(3, height, width, generator=generator) for height, width in sizes]
-
-
-def _images_to_resize():
-    """Two images the models resize by non-integer factors (to 128 x 192 and 184 x 128)."""
-    return _images([(100, 150), (130, 90)])
-
-
-def _images_at_input_size():
-    """Two images already at their input size (shorter side 128, longer side <= 192)."""
-    return _images([(MIN_SIZE, MAX_SIZE), (184, MIN_SIZE)])
-
-
-def _randomised_torchvision(builder, images):
-    """A torchvision detector in eval mode whose random weights keep activations near unit
-    scale: batch-norm statistics are measured on ``images``, and the classifier spreads the
-    detection scores."""
-    torch.manual_seed(0)
-    model = builder(
-        weights=None,
-        weights_backbone=None,
-        num_classes=NUM_CLASSES + 1,
-        box_score_thresh=SCORE_THRESH,
-        box_detections_per_img=DETECTIONS,
-        **SIZES,
-    )
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None  # running stats become the plain batch statistics
-        model.backbone.train()
-        model.backbone(model.transform(images)[0].tensors)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.05)
-        model.roi_heads.box_predictor.cls_score.bias.normal_(0, 1)
-        model.rpn.head.cls_logits.weight.normal_(0, 0.1)
-    return model.eval()
-
-
-def _mask_iou(expected: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
-    """Per-detection IoU of two ``(N, H, W)`` bool mask stacks (1 where both are empty)."""
-    intersection = (expected & got).sum((1, 2)).float()
-    union = (expected | got).sum((1, 2)).float()
-    return torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
-
-
-def test_preprocessing_matches_torchvision():
-    """The resized, padded, normalised input equals torchvision's to float rounding (ours
-    normalises after resizing, torchvision before; the two agree to a few ulp)."""
-    transform = GeneralizedRCNNTransform(MIN_SIZE, MAX_SIZE, IMAGENET_MEAN, IMAGENET_STD).eval()
-    images = _images_to_resize()
-    expected, _ = transform(images)
-    model = FasterRCNN(RCNNConfig(with_masks=False, **SIZES), CLASS_NAMES)
-    batch, _ = model.preprocess(images)
-    assert batch.image_sizes == expected.image_sizes == [(128, 192), (184, 128)]
-    assert batch.tensor.shape == expected.tensors.shape == (2, 3, 192, 192)
-    inside = torch.zeros_like(batch.tensor, dtype=torch.bool)
-    for index, (height, width) in enumerate(batch.image_sizes):
-        inside[index, :, :height, :width] = True
-    normalised = torch.where(inside, model.normalize(batch.tensor), 0.0)
-    torch.testing.assert_close(normalised, expected.tensors, atol=2e-6, rtol=0)
-
-
-@pytest.mark.parametrize("with_masks", [True, False])
-def test_parity_with_torchvision(with_masks):
-    """Same weights, same images: every detection agrees.
-
-    The images need no resize, so both networks see bit-identical input; a resize would
-    change the input by float rounding (see the preprocessing test), which a deep random
-    network amplifies to ~1e-3 px in the boxes.
-    """
-    builder = maskrcnn_resnet50_fpn if with_masks else fasterrcnn_resnet50_fpn
-    images = _images_at_input_size()
-    reference_model = _randomised_torchvision(builder, images)
-    config = RCNNConfig(
-        backbone="resnet50",
-        with_masks=with_masks,
-        score_thresh=SCORE_THRESH,
-        detections_per_img=DETECTIONS,
-        **SIZES,
-    )
-    model = (MaskRCNN if with_masks else FasterRCNN)(config, CLASS_NAMES).eval()
-    import_torchvision_rcnn(model, reference_model.state_dict())
-    with torch.no_grad():
-        reference = reference_model(images)
-    ours = model.predict(images)
-    for expected, got in zip(reference, ours):
-        assert len(got) == len(expected["boxes"]) == DETECTIONS
-        torch.testing.assert_close(got.boxes, expected["boxes"], atol=1e-4, rtol=0)
-        torch.testing.assert_close(got.scores, expected["scores"], atol=1e-4, rtol=0)
-        assert torch.equal(got.labels, expected["labels"] - 1)
-        assert got.scores.max() - got.scores.min() > 0.1
-        if with_masks:
-            assert got.masks.shape == expected["masks"][:, 0].shape
-            assert _mask_iou(expected["masks"][:, 0] > 0.5, got.masks).min() >= 0.99
-
-
-def test_postprocess_matches_torchvision():
-    """Detections in the input frame map back to the original image as torchvision's do:
-    boxes scaled, each detection's own-class mask pasted and thresholded at 0.5."""
-    generator = torch.Generator().manual_seed(2)
-    count, input_size, original_size = 60, (128, 192), (100, 150)
-    corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([192.0, 128.0])
-    boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
-    scores = torch.rand(count, generator=generator)
-    labels = torch.randint(1, NUM_CLASSES + 1, (count,), generator=generator)
-    mask_logits = 4 * torch.randn(count, NUM_CLASSES + 1, 28, 28, generator=generator)
-    unused = torch.empty(0)
-    outputs = RCNNOutputs(
-        [boxes], unused, unused, [boxes], [scores], [labels], mask_logits, unused, unused
-    )
-    batch = ImageBatch(torch.zeros(1, 3, 128, 192), [input_size], [original_size])
-    model = MaskRCNN(RCNNConfig(fpn_channels=32, representation_size=64), CLASS_NAMES)
-    (got,) = model.postprocess(outputs, batch)
-    own_masks = mask_logits[torch.arange(count), labels].sigmoid()[:, None]
-    transform = GeneralizedRCNNTransform(MIN_SIZE, MAX_SIZE, IMAGENET_MEAN, IMAGENET_STD).eval()
-    (expected,) = transform.postprocess(
-        [{"boxes": boxes, "scores": scores, "labels": labels, "masks": own_masks}],
-        [input_size],
-        [original_size],
-    )
-    torch.testing.assert_close(got.boxes, expected["boxes"], atol=1e-4, rtol=0)
-    assert torch.equal(got.scores, scores) and torch.equal(got.labels, labels - 1)
-    assert got.masks.shape == (count, *original_size) and got.masks.dtype == torch.bool
-    assert _mask_iou(expected["masks"][:, 0] > 0.5, got.masks).min() >= 0.99
-
-
-def test_import_names_the_bad_key():
-    model = FasterRCNN(RCNNConfig(with_masks=False), CLASS_NAMES)
-    state = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1
-    ).state_dict()
-    with pytest.raises(CheckpointError, match="backbone.body"):
-        import_torchvision_rcnn(model, state)
-    own = {
-        f"backbone.body.{k[5:]}" if k.startswith("body.") else k: v
-        for k, v in model.state_dict().items()
-    }
-    with pytest.raises(CheckpointError, match="no weight for 'fpn.inner_blocks.0.0.weight'"):
-        import_torchvision_rcnn(model, {k: v for k, v in own.items() if k.startswith("backbone")})
+CLASS_NAMES = [f"class{i}" for i in range(5)]
 
 
 def _training_samples():
@@ -215,3 +69,92 @@ def test_training_step_is_finite(model_cls):
         results = model.postprocess(model(batch), batch)
     assert type(model(batch)) is type(outputs)
     assert len(results) == 3 and results[0].boxes.shape[1] == 4
+
+
+TINY_RCNN = {
+    "min_size": "64",
+    "max_size": "96",
+    "fpn_channels": "32",
+    "representation_size": "64",
+    "mask_head_channels": "16",
+    "rpn_post_nms_top_n_train": "200",
+    "box_batch_size_per_image": "64",
+}
+RCNN_ZOO = [
+    pytest.param(name, marks=() if name.endswith("r18_fpn") else pytest.mark.slow)
+    for name, entry in zoo.MODELS.items()
+    if entry.config_cls is RCNNConfig
+]
+
+
+def _tiny(name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return zoo.build_model(name, CLASS_NAMES, TINY_RCNN)
+
+
+@pytest.mark.parametrize("name", RCNN_ZOO)
+def test_zoo_entry_trains_with_degenerate_targets(name):
+    model = _tiny(name).train()
+    images, targets = _training_samples()
+    batch, input_targets = model.preprocess(images, targets)
+    losses = model.loss(model(batch, input_targets), input_targets)
+    assert all(torch.isfinite(value) for value in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(grad is not None and torch.isfinite(grad).all() for grad in grads)
+
+
+@pytest.mark.parametrize("name", RCNN_ZOO)
+def test_zoo_entry_predicts_in_original_pixels_and_round_trips(name, tmp_path):
+    model = _tiny(name).eval()
+    model.config = dataclasses.replace(model.config, score_thresh=0.0)
+    images = [torch.rand(3, 50, 90), torch.rand(3, 70, 40)]
+    results = model.predict(images)
+    for result, image in zip(results, images):
+        height, width = image.shape[-2:]
+        assert isinstance(result, Detections) and len(result.boxes) > 0
+        assert result.boxes[:, 0::2].max() <= width and result.boxes[:, 1::2].max() <= height
+        if model.task == "instance":
+            assert result.masks.dtype == torch.bool
+            assert result.masks.shape == (len(result.boxes), height, width)
+        else:
+            assert result.masks is None
+    payload = model_payload(
+        model, model_name=name, train_config=TrainConfig(), data_set=None, metrics={}
+    )
+    save_checkpoint(tmp_path / "model.pt", payload)
+    loaded = zoo.load(tmp_path / "model.pt")
+    loaded.config = model.config
+    for ours, theirs in zip(results, loaded.predict(images)):
+        torch.testing.assert_close(theirs.boxes, ours.boxes, rtol=0, atol=0)
+        torch.testing.assert_close(theirs.scores, ours.scores, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name", ["mask_rcnn_r18_fpn", pytest.param("faster_rcnn_r18_fpn", marks=pytest.mark.slow)]
+)
+def test_overfits_two_images(name):
+    """After a short training on two scenes the model finds their objects (eval mode)."""
+    data = ShapesDataset(split="train", mode="multi", num_images=2, image_size=96, max_objects=3)
+    images, targets = map(list, zip(*[data[i] for i in range(2)]))
+    model = _tiny(name).train()
+    batch, input_targets = model.preprocess(images, targets)
+    steps = 80
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(steps):
+        total = sum(model.loss(model(batch, input_targets), input_targets).values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    results = model.eval().predict(images)
+    for result, target in zip(results, targets):
+        confident = result.scores > 0.5
+        ious = box_iou(target.boxes, result.boxes[confident])
+        assert ious.shape[1] > 0 and (ious.max(1).values > 0.7).all()
+        best = ious.argmax(1)
+        assert torch.equal(result.labels[confident][best], target.labels)
+        if result.masks is not None:
+            masks = result.masks[confident][best]
+            overlap = (masks & target.masks).flatten(1).sum(1)
+            union = (masks | target.masks).flatten(1).sum(1)
+            assert (overlap / union > 0.6).all()

@@ -6,6 +6,10 @@
 - ``folder``: ``root/<class>/<image>`` or ``root/{train,val}/<class>/<image>``; classify.
 - ``coco``: ``root/annotations/*.json`` with images in ``root/images/<split>/``; detect,
   instance, semantic, panoptic.
+- ``labels``: PNG label masks (:mod:`pansight.data.label_folders`); semantic.
+
+For ``semantic``, a data set with richer targets is seen through
+:class:`~pansight.data.label_folders.SemanticView`: its classes are the semantic label space.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch.utils.data import Dataset
 
 from pansight.config import TASKS, DataConfig
 from pansight.data.folders import DigitsDataset, ImageFolderDataset
+from pansight.data.label_folders import LabelFolderDataset, SemanticView
 from pansight.data.transforms import SeededAugment, train_augment
 from pansight.errors import ConfigError, DataError
 
@@ -24,6 +29,7 @@ DATASET_TASKS = {
     "digits": ("classify",),
     "folder": ("classify",),
     "coco": ("detect", "instance", "semantic", "panoptic"),
+    "labels": ("semantic",),
 }
 SINGLE_OBJECT_TASKS = ("classify", "localize")
 
@@ -54,6 +60,8 @@ def build_dataset(data: DataConfig, split: str, task: str) -> Dataset:
     root = _root(data)
     if data.name == "folder":
         return ImageFolderDataset(root, split, val_fraction=data.val_fraction, seed=data.seed)
+    if data.name == "labels":
+        return LabelFolderDataset(root, split)
     return _coco(root, split, task)
 
 
@@ -78,13 +86,14 @@ def _shapes(data: DataConfig, split: str, task: str) -> Dataset:
     from pansight.data.shapes import ShapesDataset
 
     num_images = data.num_train if split == "train" else data.num_val
-    return ShapesDataset(
+    dataset = ShapesDataset(
         split=split,
         mode=data.mode,
         num_images=num_images,
         image_size=data.image_size,
         seed=data.seed,
     )
+    return SemanticView(dataset) if task == "semantic" else dataset
 
 
 def _root(data: DataConfig) -> Path:
@@ -109,7 +118,8 @@ def _coco(root: Path, split: str, task: str) -> Dataset:
 
         annotation_file = _existing(root / "annotations" / f"panoptic_{split}.json")
         png_dir = _existing(root / "annotations" / f"panoptic_{split}")
-        return CocoPanoptic(annotation_file, png_dir, image_dir)
+        dataset = CocoPanoptic(annotation_file, png_dir, image_dir)
+        return SemanticView(dataset) if task == "semantic" else dataset
     from pansight.data.coco import CocoInstances
 
     return CocoInstances(_existing(root / "annotations" / f"instances_{split}.json"), image_dir)

@@ -11,10 +11,18 @@ from pansight.errors import ConfigError
 from pansight.metrics.classification import ClassificationMetric
 from pansight.metrics.coco import CocoMetric
 from pansight.metrics.localization import LocalizationMetric
+from pansight.metrics.semantic import SemanticMetric
 
-Metric = ClassificationMetric | LocalizationMetric | CocoMetric
+Metric = ClassificationMetric | LocalizationMetric | CocoMetric | SemanticMetric
 
-__all__ = ["ClassificationMetric", "CocoMetric", "LocalizationMetric", "Metric", "build_metric"]
+__all__ = [
+    "ClassificationMetric",
+    "CocoMetric",
+    "LocalizationMetric",
+    "Metric",
+    "SemanticMetric",
+    "build_metric",
+]
 
 
 def build_metric(task: str, class_names: list[str]) -> Metric:
@@ -27,6 +35,8 @@ def build_metric(task: str, class_names: list[str]) -> Metric:
         return CocoMetric(len(class_names), iou_types=("bbox",))
     if task == "instance":
         return CocoMetric(len(class_names), iou_types=("bbox", "segm"))
+    if task == "semantic":
+        return SemanticMetric(class_names)
     if task in TASKS:
         raise ConfigError(f"no metric for task {task!r} yet")
     raise ConfigError(f"task={task!r} is unknown; choose one of {', '.join(TASKS)}")

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import MultiScaleRoIAlign
 
 from pansight.errors import ConfigError, DataError
 from pansight.models.backbones import ResNetBody
@@ -34,16 +33,18 @@ from pansight.models.rcnn_training import (
     sample_training_examples,
 )
 from pansight.models.roi_heads import (
+    BOX_HEADS,
     BoxPredictor,
     MaskHead,
     MaskPredictor,
-    TwoMLPHead,
+    build_box_head,
     select_detections,
 )
 from pansight.models.rpn import RPNHead, select_proposals
 from pansight.ops.anchors import AnchorGenerator
 from pansight.ops.boxes import BoxCoder
 from pansight.ops.masks import paste_masks
+from pansight.ops.roi_align import TrainableMultiScaleRoIAlign
 from pansight.structures import Detections, ImageBatch, Size, Target
 
 PREPROCESSING = ("torchvision", "square")
@@ -67,12 +68,19 @@ class RCNNConfig:
             ``square_size``, pad to ``square_size x square_size``).
         min_size, max_size, square_size: the resize sizes, in pixels.
         fpn_channels: channels of every pyramid level.
+        fpn_norm: batch norm after every FPN conv (torchvision's v2 models).
         anchor_sizes: one anchor size per level ``p2..p6``.
         aspect_ratios: anchor ratios ``h / w`` at every level.
+        rpn_conv_depth: 3x3 conv layers of the RPN head (1; 2 in torchvision's v2 models).
         rpn_*: proposal selection (pre/post-NMS top-n, NMS IoU, score threshold) and anchor
             matching/sampling for the RPN loss.
+        box_head: ``mlp`` (two fully connected layers) or ``conv_fc`` (four 3x3 convs of
+            ``fpn_channels``, then one fully connected layer; torchvision's v2 models).
+        head_norm: batch norm after every conv of the ``conv_fc`` box head and the mask head
+            (torchvision's v2 models).
         box_*: proposal matching/sampling for the RoI losses.
-        representation_size: width of the box head's two fully connected layers.
+        representation_size: width of the box head's fully connected layers.
+        mask_head_channels: channels of the mask head's convs (``0``: ``fpn_channels``).
         score_thresh, nms_thresh, detections_per_img: detection selection.
         mask_threshold: probability at which pasted masks become foreground.
     """
@@ -84,8 +92,10 @@ class RCNNConfig:
     max_size: int = 1333
     square_size: int = 512
     fpn_channels: int = 256
+    fpn_norm: bool = False
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_conv_depth: int = 1
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
@@ -96,11 +106,14 @@ class RCNNConfig:
     rpn_bg_iou_thresh: float = 0.3
     rpn_batch_size_per_image: int = 256
     rpn_positive_fraction: float = 0.5
+    box_head: str = "mlp"
+    head_norm: bool = False
     box_fg_iou_thresh: float = 0.5
     box_bg_iou_thresh: float = 0.5
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     representation_size: int = 1024
+    mask_head_channels: int = 0
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -117,6 +130,10 @@ class RCNNConfig:
             )
         if self.square_size < 32 or self.square_size % SIZE_DIVISIBLE:
             raise ConfigError(f"square_size={self.square_size} must be a multiple of 32")
+        if self.rpn_conv_depth < 1:
+            raise ConfigError(f"rpn_conv_depth={self.rpn_conv_depth} must be >= 1")
+        if self.box_head not in BOX_HEADS:
+            raise ConfigError(f"box_head={self.box_head!r}; choose one of {', '.join(BOX_HEADS)}")
         if len(self.anchor_sizes) != 5:
             raise ConfigError(f"anchor_sizes needs 5 sizes (p2..p6), got {self.anchor_sizes}")
 
@@ -173,19 +190,26 @@ class MaskRCNN(PansightModel):
         channels = config.fpn_channels
         classes_with_background = self.num_classes + 1
         self.body = ResNetBody(config.backbone)
-        self.fpn = FPN(self.body.out_channels, channels)
+        self.fpn = FPN(self.body.out_channels, channels, config.fpn_norm)
         self.anchors = AnchorGenerator(
             tuple((size,) for size in config.anchor_sizes), config.aspect_ratios
         )
-        self.rpn_head = RPNHead(channels, self.anchors.num_anchors_per_location)
-        self.box_roi_align = MultiScaleRoIAlign(ROI_LEVELS, BOX_ROI_SIZE, sampling_ratio=2)
+        self.rpn_head = RPNHead(
+            channels, self.anchors.num_anchors_per_location, config.rpn_conv_depth
+        )
+        self.box_roi_align = TrainableMultiScaleRoIAlign(ROI_LEVELS, BOX_ROI_SIZE, sampling_ratio=2)
         hidden = config.representation_size
-        self.box_head = TwoMLPHead(channels * BOX_ROI_SIZE**2, hidden)
+        self.box_head = build_box_head(
+            config.box_head, channels, BOX_ROI_SIZE, hidden, config.head_norm
+        )
         self.box_predictor = BoxPredictor(hidden, classes_with_background)
         if config.with_masks:
-            self.mask_roi_align = MultiScaleRoIAlign(ROI_LEVELS, MASK_ROI_SIZE, sampling_ratio=2)
-            self.mask_head = MaskHead(channels, channels)
-            self.mask_predictor = MaskPredictor(channels, classes_with_background)
+            self.mask_roi_align = TrainableMultiScaleRoIAlign(
+                ROI_LEVELS, MASK_ROI_SIZE, sampling_ratio=2
+            )
+            mask_channels = config.mask_head_channels or channels
+            self.mask_head = MaskHead(channels, mask_channels, config.head_norm)
+            self.mask_predictor = MaskPredictor(mask_channels, classes_with_background)
         self.rpn_coder = BoxCoder(RPN_BOX_WEIGHTS)
         self.roi_coder = BoxCoder(ROI_BOX_WEIGHTS)
 

@@ -1,5 +1,9 @@
-"""RoI heads of Faster/Mask R-CNN: box head and predictor, mask head and predictor, proposal
+"""RoI heads of Faster/Mask R-CNN: box heads and predictor, mask head and predictor, proposal
 sampling, training targets, losses, and per-class detection selection.
+
+Two box heads exist: ``mlp`` (two fully connected layers, torchvision's v1 ``TwoMLPHead``) and
+``conv_fc`` (four 3x3 convs, optionally batch-normed, then one fully connected layer,
+torchvision's v2 ``FastRCNNConvFCHead``).
 
 Labels inside these heads are ``0..K`` with ``0`` the background; the model maps them from and
 to pansight's contiguous ``0..K-1``.
@@ -17,6 +21,29 @@ from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
 SMOOTH_L1_BETA = 1.0 / 9
 MIN_DETECTION_SIDE = 1e-2
 """Detections narrower or shorter than this many pixels are dropped."""
+BOX_HEADS = ("mlp", "conv_fc")
+HEAD_CONVS = 4
+"""3x3 conv layers of the ``conv_fc`` box head and of the mask head."""
+
+
+def conv_norm_layers(
+    in_channels: int, channels: int, count: int, norm: bool
+) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """``count`` 3x3 convs (``in_channels`` -> ``channels`` -> ... ``channels``) and the layer
+    after each: a batch norm with ``norm`` (the conv then has no bias), else an identity.
+
+    Convs start from Kaiming-normal weights (fan out) and zero bias.
+    """
+    widths = [in_channels] + [channels] * count
+    convs = nn.ModuleList(
+        nn.Conv2d(a, b, 3, padding=1, bias=not norm) for a, b in zip(widths[:-1], widths[1:])
+    )
+    norms = nn.ModuleList(nn.BatchNorm2d(channels) if norm else nn.Identity() for _ in convs)
+    for conv in convs:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+    return convs, norms
 
 
 class TwoMLPHead(nn.Module):
@@ -29,6 +56,33 @@ class TwoMLPHead(nn.Module):
 
     def forward(self, roi_features: Tensor) -> Tensor:
         return F.relu(self.fc7(F.relu(self.fc6(roi_features.flatten(1)))))
+
+
+class ConvFCHead(nn.Module):
+    """RoI features ``(R, C, S, S)`` -> ``(R, hidden)``: four 3x3 conv (+ batch norm) + ReLU
+    layers keeping ``(R, channels, S, S)``, then flatten, ``fc`` and ReLU."""
+
+    def __init__(
+        self, in_channels: int, roi_size: int, channels: int, hidden: int, norm: bool
+    ) -> None:
+        super().__init__()
+        self.convs, self.norms = conv_norm_layers(in_channels, channels, HEAD_CONVS, norm)
+        self.fc = nn.Linear(channels * roi_size**2, hidden)
+
+    def forward(self, roi_features: Tensor) -> Tensor:
+        for conv, norm in zip(self.convs, self.norms):
+            roi_features = F.relu(norm(conv(roi_features)))
+        return F.relu(self.fc(roi_features.flatten(1)))
+
+
+def build_box_head(
+    kind: str, in_channels: int, roi_size: int, hidden: int, norm: bool
+) -> TwoMLPHead | ConvFCHead:
+    """The ``mlp`` or ``conv_fc`` box head for ``(R, in_channels, roi_size, roi_size)`` RoI
+    features, giving ``(R, hidden)``; ``norm`` batch-normalises the ``conv_fc`` convs."""
+    if kind == "mlp":
+        return TwoMLPHead(in_channels * roi_size**2, hidden)
+    return ConvFCHead(in_channels, roi_size, in_channels, hidden, norm)
 
 
 class BoxPredictor(nn.Module):
@@ -44,21 +98,16 @@ class BoxPredictor(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """Four 3x3 conv + ReLU layers on ``(R, C, 14, 14)`` RoI features."""
+    """Four 3x3 conv (+ batch norm with ``norm``) + ReLU layers on ``(R, C, 14, 14)`` RoI
+    features, giving ``(R, channels, 14, 14)``."""
 
-    def __init__(self, in_channels: int, channels: int = 256, num_convs: int = 4) -> None:
+    def __init__(self, in_channels: int, channels: int = 256, norm: bool = False) -> None:
         super().__init__()
-        widths = [in_channels] + [channels] * num_convs
-        self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:])
-        )
-        for conv in self.convs:
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        self.convs, self.norms = conv_norm_layers(in_channels, channels, HEAD_CONVS, norm)
 
     def forward(self, roi_features: Tensor) -> Tensor:
-        for conv in self.convs:
-            roi_features = F.relu(conv(roi_features))
+        for conv, norm in zip(self.convs, self.norms):
+            roi_features = F.relu(norm(conv(roi_features)))
         return roi_features
 
 

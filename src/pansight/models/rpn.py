@@ -20,19 +20,25 @@ MIN_PROPOSAL_SIDE = 1e-3
 
 
 class RPNHead(nn.Module):
-    """A 3x3 conv + ReLU shared over levels, then a 1x1 objectness logit and 1x1 box deltas per
-    anchor.
+    """``conv_depth`` 3x3 conv + ReLU layers shared over levels, then a 1x1 objectness logit and
+    1x1 box deltas per anchor.
+
+    The first conv is ``conv``, any further ones are ``extra_convs`` (torchvision's v2 head has
+    two), so one-conv heads keep the parameter names they always had.
 
     ``forward`` maps per-level features ``[(B, C, h_i, w_i)]`` to objectness ``(B, N)`` and
     deltas ``(B, N, 4)`` with ``N = sum_i h_i * w_i * A``.
     """
 
-    def __init__(self, in_channels: int, num_anchors: int) -> None:
+    def __init__(self, in_channels: int, num_anchors: int, conv_depth: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.extra_convs = nn.ModuleList(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1) for _ in range(conv_depth - 1)
+        )
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.cls_logits, self.bbox_pred):
+        for layer in (self.conv, *self.extra_convs, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0)
 
@@ -40,6 +46,8 @@ class RPNHead(nn.Module):
         objectness, deltas = [], []
         for level in features:
             hidden = F.relu(self.conv(level))
+            for conv in self.extra_convs:
+                hidden = F.relu(conv(hidden))
             logits, level_deltas = self.cls_logits(hidden), self.bbox_pred(hidden)
             batch, anchors, height, width = logits.shape
             objectness.append(logits.permute(0, 2, 3, 1).reshape(batch, -1))

@@ -2,11 +2,15 @@
 
 :data:`MODELS` is the one table the command line lists and builds from. An entry's default
 config is ``config_cls(**defaults)``; ``key=value`` overrides apply on top of it.
+
+Besides pansight checkpoints, :func:`load` reads torchvision Faster/Mask R-CNN state dicts
+(:func:`import_torchvision`).
 """
 
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,19 @@ from pansight.config import TASKS, apply_overrides, from_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models.base import PansightModel
 from pansight.models.classifier import Classifier, ClassifierConfig, import_torchvision_resnet
+from pansight.models.fcn import FCN, FCNConfig
+from pansight.models.fcn_import import import_torchvision_fcn
 from pansight.models.localizer import Localizer, LocalizerConfig
 from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig
+from pansight.models.rcnn_import import (
+    BODY_KEY,
+    CLASS_LOGITS_KEY,
+    coco_class_names,
+    import_torchvision_rcnn,
+    is_torchvision_rcnn,
+    torchvision_rcnn_layout,
+)
+from pansight.models.yolact import Yolact, YolactConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,8 @@ class ModelEntry:
         builder: ``builder(config, class_names) -> model``; does no I/O.
         description: one line for ``pansight models``.
         defaults: config fields that differ from ``config_cls``'s own defaults.
+        import_weights: ``import_weights(model, state_dict) -> skipped keys``: how a
+            ``torchvision_weights`` file named in the config goes into the model.
     """
 
     task: str
@@ -40,6 +57,7 @@ class ModelEntry:
     builder: Callable[[Any, list[str]], PansightModel]
     description: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    import_weights: Callable[[Any, Mapping[str, Tensor]], list[str]] = import_torchvision_resnet
 
     def default_config(self) -> Any:
         return self.config_cls(**self.defaults)
@@ -56,8 +74,27 @@ SMALL_RCNN: dict[str, Any] = {
     "rpn_post_nms_top_n_test": 100,
     "box_batch_size_per_image": 128,
     "representation_size": 256,
+    "mask_head_channels": 64,
 }
 """R-CNN settings for the ResNet-18 variants: images of about 128 px (the synthetic world)."""
+
+SMALL_YOLACT: dict[str, Any] = {
+    "input_size": 160,
+    "fpn_channels": 128,
+    "proto_channels": 128,
+    "anchor_scales": (20, 40, 80, 160, 320),
+    "square_anchors": False,
+}
+"""YOLACT settings for the ResNet-18 variant: the synthetic world's things (20-60 px) at a
+160-pixel input, anchors of the ratios they name (not the original's square ones)."""
+
+RCNN_V2: dict[str, Any] = {
+    "fpn_norm": True,
+    "rpn_conv_depth": 2,
+    "box_head": "conv_fc",
+    "head_norm": True,
+}
+"""The layout of torchvision's v2 R-CNNs: batch-normed FPN and heads, two-conv RPN head."""
 
 MODELS: dict[str, ModelEntry] = {
     "classifier_r18": ModelEntry(
@@ -125,7 +162,90 @@ MODELS: dict[str, ModelEntry] = {
         "Mask R-CNN, ResNet-50 FPN (torchvision layout)",
         {"backbone": "resnet50"},
     ),
+    "faster_rcnn_r50_fpn_v2": ModelEntry(
+        "detect",
+        RCNNConfig,
+        FasterRCNN,
+        "Faster R-CNN v2, ResNet-50 FPN, batch-normed heads (torchvision layout)",
+        {"backbone": "resnet50", "with_masks": False, **RCNN_V2},
+    ),
+    "mask_rcnn_r50_fpn_v2": ModelEntry(
+        "instance",
+        RCNNConfig,
+        MaskRCNN,
+        "Mask R-CNN v2, ResNet-50 FPN, batch-normed heads (torchvision layout)",
+        {"backbone": "resnet50", **RCNN_V2},
+    ),
+    "fcn32s_r18": ModelEntry(
+        "semantic",
+        FCNConfig,
+        FCN,
+        "FCN-32s, ResNet-18: class scores on c5 upsampled x32",
+        {"backbone": "resnet18", "head": "32s"},
+        import_torchvision_fcn,
+    ),
+    "fcn16s_r18": ModelEntry(
+        "semantic",
+        FCNConfig,
+        FCN,
+        "FCN-16s, ResNet-18: c5 and c4 scores fused, upsampled x16",
+        {"backbone": "resnet18", "head": "16s"},
+        import_torchvision_fcn,
+    ),
+    "fcn8s_r18": ModelEntry(
+        "semantic",
+        FCNConfig,
+        FCN,
+        "FCN-8s, ResNet-18: c5, c4 and c3 scores fused, upsampled x8",
+        {"backbone": "resnet18", "head": "8s"},
+        import_torchvision_fcn,
+    ),
+    "fcn_resnet50": ModelEntry(
+        "semantic",
+        FCNConfig,
+        FCN,
+        "FCN, dilated ResNet-50 with auxiliary head (torchvision fcn_resnet50 layout)",
+        {"backbone": "resnet50", "head": "dilated", "aux_head": True, "input_size": 520},
+        import_torchvision_fcn,
+    ),
+    "fcn_resnet101": ModelEntry(
+        "semantic",
+        FCNConfig,
+        FCN,
+        "FCN, dilated ResNet-101 with auxiliary head (torchvision fcn_resnet101 layout)",
+        {"backbone": "resnet101", "head": "dilated", "aux_head": True, "input_size": 520},
+        import_torchvision_fcn,
+    ),
+    "yolact_r18": ModelEntry(
+        "instance",
+        YolactConfig,
+        Yolact,
+        "YOLACT, ResNet-18 FPN, 160-pixel input, sized for small images (CPU training)",
+        {"backbone": "resnet18", **SMALL_YOLACT},
+    ),
+    "yolact_r50": ModelEntry(
+        "instance",
+        YolactConfig,
+        Yolact,
+        "YOLACT, ResNet-50 FPN, 550-pixel input (original yolact_resnet50 layout)",
+        {"backbone": "resnet50"},
+    ),
+    "yolact_r101": ModelEntry(
+        "instance",
+        YolactConfig,
+        Yolact,
+        "YOLACT, ResNet-101 FPN, 550-pixel input (original yolact_base layout)",
+        {"backbone": "resnet101"},
+    ),
 }
+
+TORCHVISION_RCNN_MODELS: dict[tuple[bool, bool], str] = {
+    (False, False): "faster_rcnn_r50_fpn",
+    (True, False): "mask_rcnn_r50_fpn",
+    (False, True): "faster_rcnn_r50_fpn_v2",
+    (True, True): "mask_rcnn_r50_fpn_v2",
+}
+"""The model each torchvision R-CNN layout imports into, keyed by ``(with_masks, v2)``."""
 
 
 def models_for_task(task: str) -> list[str]:
@@ -143,8 +263,8 @@ def build_model(
 ) -> PansightModel:
     """Build model ``name`` for ``class_names`` with ``key=value`` config ``overrides``.
 
-    If the config names ``torchvision_weights``, those ResNet weights are imported (a head of
-    another class count is skipped with a warning).
+    If the config names ``torchvision_weights``, the entry's ``import_weights`` imports them
+    (ResNet weights by default; a head of another class count is skipped with a warning).
 
     Args:
         task: when given, ``name`` must be a model for this task.
@@ -158,7 +278,7 @@ def build_model(
     model = entry.builder(config, class_names)
     weights_path = getattr(config, "torchvision_weights", "")
     if weights_path:
-        skipped = import_torchvision_resnet(model, _read_state_dict(weights_path))
+        skipped = entry.import_weights(model, _read_state_dict(weights_path))
         if skipped:
             warnings.warn(
                 f"{weights_path}: {', '.join(skipped)} not imported (the class count differs); "
@@ -201,11 +321,84 @@ def model_from_checkpoint(payload: dict[str, Any]) -> PansightModel:
 
 
 def load(path: str | Path) -> PansightModel:
-    """The model saved in the pansight checkpoint at ``path``, in eval mode."""
+    """The model saved at ``path``, in eval mode: a pansight checkpoint, or a torchvision
+    Faster/Mask R-CNN state dict (imported by :func:`import_torchvision` with its defaults)."""
     from pansight.engine.checkpoint import load_checkpoint
 
+    torchvision_weights = torchvision_rcnn_weights(path)
+    if torchvision_weights is not None:
+        try:
+            return import_torchvision(torchvision_weights)
+        except CheckpointError as error:
+            raise CheckpointError(f"{path}: {error}") from None
     model = model_from_checkpoint(load_checkpoint(path))
     return model.eval()
+
+
+def import_torchvision(
+    weights: str | Path | Mapping[str, Tensor],
+    name: str | None = None,
+    class_names: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PansightModel:
+    """A pansight R-CNN holding a torchvision Faster/Mask R-CNN's weights, in eval mode.
+
+    Labels keep torchvision's logit layout: pansight label ``k`` is torchvision label
+    ``k + 1`` (0 is torchvision's background).
+
+    Args:
+        weights: the state dict, or the file holding it (``torch.save(model.state_dict())``,
+            or a weights file torchvision downloads).
+        name: the zoo model to build; by default the one of the layout the keys show (v1 or
+            v2, with or without masks, see :data:`TORCHVISION_RCNN_MODELS`).
+        class_names: one name per object class; by default COCO's 90 names for a 91-logit
+            model (see :func:`~pansight.models.rcnn_import.coco_class_names`), else
+            ``class_1 .. class_K``.
+        overrides: config ``key=value`` overrides (``score_thresh``, ``min_size``, ...).
+
+    Raises:
+        CheckpointError: the file cannot be read, is not a torchvision R-CNN state dict, or a
+            weight has no place in the model or another shape (naming the key).
+        ConfigError: ``name`` is not an R-CNN, or an override is bad.
+    """
+    state_dict = _read_state_dict(str(weights)) if isinstance(weights, str | Path) else weights
+    if not is_torchvision_rcnn(state_dict):
+        source = f"{weights}: not" if isinstance(weights, str | Path) else "not"
+        raise CheckpointError(
+            f"{source} a torchvision Faster/Mask R-CNN state dict "
+            f"(no {BODY_KEY!r} or {CLASS_LOGITS_KEY!r})"
+        )
+    with_masks, v2, num_classes = torchvision_rcnn_layout(state_dict)
+    name = name or TORCHVISION_RCNN_MODELS[(with_masks, v2)]
+    if _entry(name, None).config_cls is not RCNNConfig:
+        raise ConfigError(
+            f"model {name!r} is not an R-CNN; torchvision R-CNN weights fit "
+            f"{', '.join(TORCHVISION_RCNN_MODELS.values())}"
+        )
+    if class_names is None:
+        coco = coco_class_names()
+        names = [f"class_{label}" for label in range(1, num_classes + 1)]
+        class_names = coco if num_classes == len(coco) else names
+    model = build_model(name, class_names, overrides)
+    import_torchvision_rcnn(model, state_dict)
+    return model.eval()
+
+
+def torchvision_rcnn_weights(path: str | Path) -> dict[str, Tensor] | None:
+    """The state dict in the file at ``path`` if it is a torchvision Faster/Mask R-CNN's, else
+    ``None`` (a pansight checkpoint, or a file the checkpoint reader reports as unreadable).
+
+    Zip-format files are memory-mapped, so looking into a large checkpoint reads little.
+    """
+    try:
+        contents = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except Exception:  # not readable as torch weights: load_checkpoint names the problem
+        return None
+    if isinstance(contents, dict) and is_torchvision_rcnn(contents):
+        return contents
+    return None
 
 
 def load_state_dict_strictly(model: PansightModel, state_dict: Mapping[str, Tensor]) -> None:

@@ -1,0 +1,288 @@
+"""YOLACT: real-time single-stage instance segmentation (Bolya et al., ICCV 2019).
+
+The steps, in order: :meth:`Yolact.preprocess` resizes every image to a ``input_size`` square
+(bilinear, aspect ratio not kept); ``forward`` runs the ResNet body (``c3..c5``), the FPN
+(``p3..p7``), the protonet on ``p3`` (``k`` prototype masks at a quarter of the input
+resolution), the prediction head shared by all levels (per anchor: class logits, box deltas,
+``k`` mask coefficients) and the auxiliary semantic map on ``p3``. ``postprocess`` decodes the
+boxes, runs Fast NMS per class and assembles the masks of all detections at once
+(prototypes @ coefficients^T -> sigmoid -> crop to the box -> upsample -> threshold).
+
+The parts are in :mod:`pansight.models.yolact_head`, the losses in
+:mod:`pansight.models.yolact_loss`, checkpoints of the original implementation are read by
+:mod:`pansight.models.yolact_import`. Defaults are those of the original ``yolact_base``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pansight.errors import ConfigError, DataError
+from pansight.models.backbones import ResNetBody
+from pansight.models.base import PansightModel
+from pansight.models.classifier import check_class_names
+from pansight.models.yolact_head import (
+    PredictionHead,
+    YolactFPN,
+    assemble_masks,
+    build_protonet,
+    decode_boxes,
+    init_head_weights,
+    yolact_priors,
+)
+from pansight.models.yolact_loss import yolact_losses
+from pansight.ops.nms import NMS_METHODS, per_class_nms
+from pansight.structures import Detections, ImageBatch, Target
+
+YOLACT_PIXEL_MEAN = (123.68 / 255, 116.78 / 255, 103.94 / 255)
+YOLACT_PIXEL_STD = (58.40 / 255, 57.12 / 255, 57.38 / 255)
+"""RGB mean and std of the original (its BGR ``MEANS``/``STD`` in 0..255, reordered)."""
+
+LEVELS = ("p3", "p4", "p5", "p6", "p7")
+
+
+@dataclass(frozen=True)
+class YolactConfig:
+    """Settings of :class:`Yolact` (defaults: the original ``yolact_base``, ResNet-101).
+
+    Attributes:
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        input_size: side of the square every image is resized to.
+        fpn_channels: channels of every pyramid level, of the head and of the protonet input.
+        proto_channels: channels of the protonet's hidden convs.
+        num_prototypes: ``k``, prototype masks and coefficients per anchor.
+        anchor_scales: anchor size in input pixels at ``p3..p7``.
+        aspect_ratios: anchor ratios ``w / h`` at every location.
+        square_anchors: make every anchor square (``h = w``), as the original's released models
+            do by accident (``use_square_anchors``); their weights were trained that way.
+        positive_iou, negative_iou: anchor matching thresholds (between them: neutral).
+        crowd_iou: background anchors covered more than this by a crowd region are neutral.
+        negatives_per_positive: hard negatives per positive in the class loss.
+        masks_to_train: most positives per image in the mask loss.
+        box_weight, class_weight, mask_weight, semantic_weight: loss weights.
+        score_thresh: anchors whose best object-class probability is at most this are dropped
+            before NMS.
+        nms: ``fast`` (Fast NMS) or ``standard`` (torchvision's ``batched_nms``).
+        nms_thresh: IoU above which NMS suppresses.
+        top_k: candidates per class going into NMS.
+        detections_per_img: detections kept after NMS.
+        mask_threshold: probability above which an upsampled mask pixel is foreground.
+        integer_boxes: truncate result boxes to whole pixels (the original's output does).
+    """
+
+    backbone: str = "resnet101"
+    input_size: int = 550
+    fpn_channels: int = 256
+    proto_channels: int = 256
+    num_prototypes: int = 32
+    anchor_scales: tuple[float, ...] = (24, 48, 96, 192, 384)
+    aspect_ratios: tuple[float, ...] = (1.0, 0.5, 2.0)
+    square_anchors: bool = True
+    positive_iou: float = 0.5
+    negative_iou: float = 0.4
+    crowd_iou: float = 0.7
+    negatives_per_positive: int = 3
+    masks_to_train: int = 100
+    box_weight: float = 1.5
+    class_weight: float = 1.0
+    mask_weight: float = 6.125
+    semantic_weight: float = 1.0
+    score_thresh: float = 0.05
+    nms: str = "fast"
+    nms_thresh: float = 0.5
+    top_k: int = 200
+    detections_per_img: int = 100
+    mask_threshold: float = 0.5
+    integer_boxes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.input_size < 32:
+            raise ConfigError(f"input_size={self.input_size} must be at least 32")
+        if len(self.anchor_scales) != len(LEVELS):
+            raise ConfigError(f"anchor_scales needs 5 sizes (p3..p7), got {self.anchor_scales}")
+        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
+            raise ConfigError(f"aspect_ratios={self.aspect_ratios} must be positive numbers")
+        if self.nms not in NMS_METHODS:
+            raise ConfigError(f"nms={self.nms!r}; choose one of {', '.join(NMS_METHODS)}")
+        if not 0 <= self.negative_iou <= self.positive_iou <= 1:
+            raise ConfigError("need 0 <= negative_iou <= positive_iou <= 1")
+
+
+@dataclass
+class YolactOutputs:
+    """Raw outputs of :class:`Yolact`, the same in training and evaluation.
+
+    ``A`` counts the anchors of all levels; boxes and priors are relative to the input side.
+
+    Attributes:
+        box_deltas: ``(B, A, 4)`` centre-size deltas (variances 0.1, 0.2) on the priors.
+        class_logits: ``(B, A, K + 1)``; logit 0 is the background.
+        mask_coefficients: ``(B, A, k)`` in ``[-1, 1]`` (tanh).
+        prototypes: ``(B, Hp, Wp, k)`` prototype masks (after ReLU), ``Hp = Wp`` a quarter of
+            the input side (rounded up as the ResNet strides round).
+        priors: ``(A, 4)`` anchors ``(cx, cy, w, h)``.
+        semantic_logits: ``(B, K, H3, W3)`` auxiliary class maps on ``p3``.
+    """
+
+    box_deltas: Tensor
+    class_logits: Tensor
+    mask_coefficients: Tensor
+    prototypes: Tensor
+    priors: Tensor
+    semantic_logits: Tensor
+
+
+class Yolact(PansightModel):
+    """YOLACT on a ResNet body; see the module docstring for the steps.
+
+    ``forward`` ignores ``targets``: matching happens in :meth:`loss`.
+    """
+
+    task = "instance"
+
+    def __init__(self, config: YolactConfig, class_names: list[str]) -> None:
+        super().__init__(config, class_names)
+        check_class_names(class_names)
+        self.pixel_mean.copy_(torch.tensor(YOLACT_PIXEL_MEAN).view(1, 3, 1, 1))
+        self.pixel_std.copy_(torch.tensor(YOLACT_PIXEL_STD).view(1, 3, 1, 1))
+        channels = config.fpn_channels
+        self.body = ResNetBody(config.backbone)
+        self.fpn = YolactFPN(self.body.out_channels, channels)
+        self.protonet = build_protonet(channels, config.proto_channels, config.num_prototypes)
+        self.head = PredictionHead(
+            channels, len(config.aspect_ratios), self.num_classes + 1, config.num_prototypes
+        )
+        self.semantic_seg_conv = nn.Conv2d(channels, self.num_classes, kernel_size=1)
+        init_head_weights([self.fpn, self.protonet, self.head, self.semantic_seg_conv])
+
+    def preprocess(
+        self, images: list[Tensor], targets: list[Target] | None = None
+    ) -> tuple[ImageBatch, list[Target] | None]:
+        """Resize ``(3, h, w)`` images in ``[0, 1]`` to ``input_size`` squares (bilinear,
+        ``align_corners=False``, no antialiasing, as the original); targets follow."""
+        side = self.config.input_size
+        for index, image in enumerate(images):
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise DataError(f"image {index} has shape {tuple(image.shape)}; expected (3, H, W)")
+        resized = [
+            F.interpolate(image[None].float(), (side, side), mode="bilinear", align_corners=False)
+            for image in images
+        ]
+        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+        batch = ImageBatch(torch.cat(resized), [(side, side)] * len(images), original_sizes)
+        if targets is None:
+            return batch, None
+        return batch, [target.resized((side, side)) for target in targets]
+
+    def forward(self, batch: ImageBatch, targets: list[Target] | None = None) -> YolactOutputs:
+        """``batch.tensor`` ``(B, 3, S, S)`` in ``[0, 1]`` -> :class:`YolactOutputs`."""
+        c_levels = self.body(self.normalize(batch.tensor))
+        p_levels = self.fpn(c_levels)
+        prototypes = self.prototypes(p_levels["p3"])
+        deltas, logits, coefficients = self.predict_per_anchor(p_levels)
+        priors = self.priors(p_levels)
+        semantic_logits = self.semantic_seg_conv(p_levels["p3"])
+        return YolactOutputs(deltas, logits, coefficients, prototypes, priors, semantic_logits)
+
+    def prototypes(self, p3: Tensor) -> Tensor:
+        """``p3`` ``(B, C, H3, W3)`` -> prototypes ``(B, 2 H3, 2 W3, k)`` (ReLU)."""
+        return F.relu(self.protonet(p3)).permute(0, 2, 3, 1)
+
+    def predict_per_anchor(self, p_levels: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The shared head on ``p3..p7``, concatenated over levels: deltas ``(B, A, 4)``,
+        logits ``(B, A, K + 1)``, coefficients ``(B, A, k)``."""
+        per_level = [self.head(p_levels[level]) for level in LEVELS]
+        deltas, logits, coefficients = (torch.cat(parts, dim=1) for parts in zip(*per_level))
+        return deltas, logits, coefficients
+
+    def priors(self, p_levels: dict[str, Tensor]) -> Tensor:
+        """``(A, 4)`` relative centre-size anchors for the levels' sizes."""
+        sizes = [
+            (int(p_levels[level].shape[-2]), int(p_levels[level].shape[-1])) for level in LEVELS
+        ]
+        config = self.config
+        return yolact_priors(
+            sizes,
+            config.anchor_scales,
+            config.aspect_ratios,
+            config.input_size,
+            config.square_anchors,
+            self.device,
+        )
+
+    def loss(self, outputs: YolactOutputs, targets: list[Target]) -> dict[str, Tensor]:
+        """``{"box", "cls", "mask", "semantic"}`` for input-frame ``targets`` (see
+        :mod:`pansight.models.yolact_loss`)."""
+        return yolact_losses(outputs, targets, self.config, self.num_classes)
+
+    def postprocess(self, outputs: YolactOutputs, batch: ImageBatch) -> list[Detections]:
+        """Detections in original-image pixels; labels ``0..K-1``; masks ``bool (N, H, W)``."""
+        probabilities = outputs.class_logits.softmax(dim=-1)
+        boxes = decode_boxes(outputs.box_deltas, outputs.priors)
+        return [
+            self.detect(
+                boxes[index],
+                probabilities[index],
+                outputs.mask_coefficients[index],
+                outputs.prototypes[index],
+                batch.original_sizes[index],
+            )
+            for index in range(len(batch))
+        ]
+
+    def detect(
+        self,
+        boxes: Tensor,
+        probabilities: Tensor,
+        coefficients: Tensor,
+        prototypes: Tensor,
+        image_size: tuple[int, int],
+    ) -> Detections:
+        """One image's detections from its relative boxes ``(A, 4)``, class probabilities
+        ``(A, K + 1)``, coefficients ``(A, k)`` and prototypes ``(Hp, Wp, k)``.
+
+        Anchors whose best object probability exceeds ``score_thresh`` are the candidates; NMS
+        runs per class on each class's ``top_k`` best candidates (their scores are not
+        thresholded again).
+        """
+        config = self.config
+        object_scores = probabilities[:, 1:]
+        candidate = object_scores.max(dim=1).values > config.score_thresh
+        boxes, coefficients = boxes[candidate], coefficients[candidate]
+        kept, labels, scores = per_class_nms(
+            config.nms,
+            boxes,
+            object_scores[candidate].t(),
+            config.nms_thresh,
+            config.top_k,
+            config.detections_per_img,
+        )
+        boxes = boxes[kept]
+        masks = self.masks_in_image(prototypes, coefficients[kept], boxes, image_size)
+        return Detections(self.boxes_in_image(boxes, image_size), scores, labels, masks)
+
+    def masks_in_image(
+        self, prototypes: Tensor, coefficients: Tensor, boxes: Tensor, image_size: tuple[int, int]
+    ) -> Tensor:
+        """``(D, H, W)`` bool masks: assembled and cropped at prototype resolution, upsampled
+        (bilinear) to the image and thresholded."""
+        masks = assemble_masks(prototypes, coefficients, boxes)
+        if masks.shape[0] == 0:
+            return torch.zeros((0, *image_size), dtype=torch.bool, device=masks.device)
+        upsampled = F.interpolate(masks[None], image_size, mode="bilinear", align_corners=False)
+        return upsampled[0] > self.config.mask_threshold
+
+    def boxes_in_image(self, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+        """Relative xyxy ``(D, 4)`` -> ordered, clipped image pixels (truncated to whole pixels
+        with ``integer_boxes``)."""
+        height, width = image_size
+        scaled = boxes * torch.tensor([width, height, width, height], device=boxes.device)
+        low = torch.minimum(scaled[:, :2], scaled[:, 2:]).clamp(min=0)
+        limit = torch.tensor([width, height], device=boxes.device, dtype=scaled.dtype)
+        high = torch.minimum(torch.maximum(scaled[:, :2], scaled[:, 2:]), limit)
+        pixels = torch.cat([low, high], dim=1)
+        return pixels.trunc() if self.config.integer_boxes else pixels

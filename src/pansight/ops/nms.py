@@ -1,0 +1,104 @@
+"""Per-class non-maximum suppression: YOLACT's Fast NMS next to torchvision's standard NMS.
+
+Both take the same inputs (``N`` candidate boxes shared by all classes and a score per class and
+candidate), look at the ``top_k`` best candidates of each class, and return the kept
+(candidate, class) pairs sorted by score, at most ``max_detections`` of them. They differ in one
+rule only: in standard NMS a box that was suppressed suppresses nothing; Fast NMS lets every
+higher-scoring box suppress, which turns the sequential loop into a few matrix operations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, box_iou
+
+NMS_METHODS = ("fast", "standard")
+
+
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of ``(C, N, 4)`` and ``(C, M, 4)`` xyxy boxes, one matrix per leading index:
+    ``(C, N, M)``."""
+    return torch.vmap(box_iou)(boxes1, boxes2)
+
+
+def fast_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fast NMS (Bolya et al., YOLACT, 2019), all classes at once, without a sequential loop.
+
+    Per class: sort the candidates by score and keep the ``top_k`` best; compute their
+    ``(top_k, top_k)`` IoU matrix; keep its upper triangle (IoU with higher-scoring boxes only);
+    a box survives if the largest IoU in its column is at most ``iou_threshold``. The survivors
+    of all classes are then sorted by score and the first ``max_detections`` returned.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy candidate boxes (any frame, the IoU does not depend on it).
+        scores: ``(C, N)`` score of every candidate for every class.
+
+    Returns:
+        ``indices`` ``(D,)`` into the candidates, ``labels`` ``(D,)`` class index into the rows of
+        ``scores``, ``scores`` ``(D,)``; sorted by descending score.
+    """
+    class_scores, order = scores.sort(dim=1, descending=True)
+    class_scores, order = class_scores[:, :top_k], order[:, :top_k]
+    num_classes, num_kept = order.shape
+    if num_kept == 0:
+        return _empty_result(scores)
+    iou = batched_box_iou(boxes[order], boxes[order]).triu(diagonal=1)
+    keep = iou.max(dim=1).values <= iou_threshold
+    labels = torch.arange(num_classes, device=scores.device)[:, None].expand_as(keep)
+    return _best(order[keep], labels[keep], class_scores[keep], max_detections)
+
+
+def standard_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.5,
+    top_k: int = 200,
+    max_detections: int = 100,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """torchvision's per-class NMS (``batched_nms``) on the same ``top_k`` candidates per class
+    as :func:`fast_nms`; same arguments and return values."""
+    class_scores, order = scores.sort(dim=1, descending=True)
+    class_scores, order = class_scores[:, :top_k], order[:, :top_k]
+    if order.numel() == 0:
+        return _empty_result(scores)
+    labels = torch.arange(order.shape[0], device=scores.device)[:, None].expand_as(order)
+    indices, labels, class_scores = order.flatten(), labels.flatten(), class_scores.flatten()
+    keep = batched_nms(boxes[indices].float(), class_scores.float(), labels, iou_threshold)
+    return _best(indices[keep], labels[keep], class_scores[keep], max_detections)
+
+
+def per_class_nms(
+    method: str,
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    top_k: int,
+    max_detections: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`fast_nms` (``method="fast"``) or :func:`standard_nms` (``"standard"``)."""
+    if method == "fast":
+        return fast_nms(boxes, scores, iou_threshold, top_k, max_detections)
+    if method == "standard":
+        return standard_nms(boxes, scores, iou_threshold, top_k, max_detections)
+    raise ValueError(f"nms={method!r}; choose one of {', '.join(NMS_METHODS)}")
+
+
+def _best(
+    indices: Tensor, labels: Tensor, scores: Tensor, max_detections: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``max_detections`` highest-scoring entries, sorted by descending score."""
+    scores, order = scores.sort(descending=True)
+    order, scores = order[:max_detections], scores[:max_detections]
+    return indices[order], labels[order], scores
+
+
+def _empty_result(scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    empty = torch.zeros((0,), dtype=torch.int64, device=scores.device)
+    return empty, empty.clone(), scores.new_zeros((0,))
