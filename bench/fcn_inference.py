@@ -9,7 +9,7 @@ normalised). Three rows:
 
 - ``torchvision``: ``model(images)`` under ``torch.inference_mode``;
 - ``ours``: ``model(batch)``, the model as built or loaded;
-- ``ours optimised``: :func:`pansight.models.fcn.optimize_for_inference` (batch norms folded
+- ``ours optimised``: :func:`pansight.models.fuse.optimize_for_inference` (batch norms folded
   into the convolutions, channels-last memory format), the path whose ratio ``result:`` gives.
 
 Latency: after ``--warmup`` calls each, the models run alternately ``--runs`` times on the
@@ -43,8 +43,9 @@ from torch import Tensor
 from torchvision.models.segmentation import fcn_resnet50
 
 from pansight.models.base import IMAGENET_MEAN, IMAGENET_STD
-from pansight.models.fcn import FCN, FCNConfig, optimize_for_inference
+from pansight.models.fcn import FCN, FCNConfig
 from pansight.models.fcn_import import import_torchvision_fcn
+from pansight.models.fuse import optimize_for_inference
 from pansight.structures import ImageBatch
 
 NUM_CLASSES = 21

@@ -19,13 +19,11 @@ Two heads (``FCNConfig.head``):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.segmentation.fcn import FCNHead
 
 from pansight.errors import ConfigError, DataError
@@ -306,29 +304,3 @@ def pixel_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL, reduction="sum")
     counted = (labels != IGNORE_LABEL).sum().clamp(min=1)
     return total / counted
-
-
-def fuse_batch_norms(model: FCN) -> FCN:
-    """An eval-mode copy of ``model`` with every batch norm folded into the convolution before it.
-
-    In evaluation a batch norm is a fixed per-channel scale and shift, so it can be folded into
-    the preceding convolution's weights and bias: the same outputs up to rounding, and one pass
-    over memory less per convolution. A convolution is "before" a batch norm when the norm is the
-    next child module of the same parent, as in torchvision's ResNets and ``FCNHead``. The copy is
-    for inference only: its batch norms become ``Identity``, so its state dict differs.
-    """
-    fused = copy.deepcopy(model).eval()
-    for parent in list(fused.modules()):
-        children = list(parent.named_children())
-        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, norm))
-                setattr(parent, norm_name, nn.Identity())
-    return fused
-
-
-def optimize_for_inference(model: FCN) -> FCN:
-    """An eval-mode copy of ``model`` for fast CPU inference: batch norms folded into the
-    convolutions (:func:`fuse_batch_norms`) and weights in channels-last memory format, the
-    layout oneDNN's CPU convolutions run fastest in. The same outputs up to float rounding."""
-    return fuse_batch_norms(model).to(memory_format=torch.channels_last)

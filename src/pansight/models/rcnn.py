@@ -54,6 +54,8 @@ BOX_ROI_SIZE = 7
 MASK_ROI_SIZE = 14
 RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+PASTE_CHUNK = 16
+"""Detections whose masks are pasted together (bounds the float pixels held at once)."""
 
 
 @dataclass(frozen=True)
@@ -276,21 +278,22 @@ class MaskRCNN(PansightModel):
             matched = sample_training_examples(
                 outputs, anchors, matching, self.config, self.rpn_coder, self.roi_coder
             )
-        box_features = self.roi_align_boxes(p_levels, outputs.proposals, batch)
+        roi_levels = self.roi_levels(p_levels)
+        box_features = self.roi_align_boxes(roi_levels, outputs.proposals, batch)
         outputs.class_logits, outputs.box_regression = self.box_branch(box_features)
         if matching is None:
             self._select_detections(outputs, batch)
         if self.config.with_masks:
-            self.mask_branch(p_levels, outputs, batch, matching, matched)
+            self.mask_branch(roi_levels, outputs, batch, matching, matched)
         return outputs
 
     def backbone_levels(self, batch: ImageBatch) -> dict[str, Tensor]:
         """Normalise pixels (padding stays 0 after normalising) -> ResNet ``c2..c5``."""
         images = self.normalize(batch.tensor)
-        inside = torch.zeros_like(images[:, :1], dtype=torch.bool)
         for index, (height, width) in enumerate(batch.image_sizes):
-            inside[index, :, :height, :width] = True
-        return self.body(images * inside)
+            images[index, :, height:] = 0
+            images[index, :, :, width:] = 0
+        return self.body(images)
 
     def pyramid_levels(self, c_levels: dict[str, Tensor]) -> dict[str, Tensor]:
         """``c2..c5`` -> ``p2..p6`` (``fpn_channels`` each)."""
@@ -331,6 +334,12 @@ class MaskRCNN(PansightModel):
             config.rpn_nms_thresh,
             config.rpn_score_thresh,
         )
+
+    def roi_levels(self, p_levels: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The levels RoIAlign reads (``p2..p5``) in the contiguous layout its kernel needs:
+        converted once here, not in every RoIAlign call, when the model runs channels-last
+        (:func:`pansight.models.fuse.optimize_for_inference`); otherwise unchanged."""
+        return {name: p_levels[name].contiguous() for name in ROI_LEVELS}
 
     def roi_align_boxes(
         self, p_levels: dict[str, Tensor], rois: list[Tensor], batch: ImageBatch
@@ -411,10 +420,20 @@ class MaskRCNN(PansightModel):
             masks = None
             if mask_logits[index] is not None:
                 own = mask_logits[index][torch.arange(len(labels), device=labels.device), labels]
-                pasted = paste_masks(own.sigmoid(), boxes, (orig_h, orig_w))
-                masks = pasted > self.config.mask_threshold
+                masks = self._binary_masks(own.sigmoid(), boxes, (orig_h, orig_w))
             results.append(Detections(boxes, scores, labels - 1, masks))
         return results
+
+    def _binary_masks(self, probabilities: Tensor, boxes: Tensor, image_size: Size) -> Tensor:
+        """``bool (N, H, W)``: each ``(M, M)`` mask probability map pasted at its ``(N, 4)``
+        box (original-image pixels) and thresholded, :data:`PASTE_CHUNK` detections at a time so
+        that at most ``(PASTE_CHUNK, H, W)`` float pixels exist at once."""
+        masks = torch.empty((len(boxes), *image_size), dtype=torch.bool, device=boxes.device)
+        for start in range(0, len(boxes), PASTE_CHUNK):
+            chunk = slice(start, start + PASTE_CHUNK)
+            pasted = paste_masks(probabilities[chunk], boxes[chunk], image_size)
+            masks[chunk] = pasted > self.config.mask_threshold
+        return masks
 
 
 class FasterRCNN(MaskRCNN):

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
+from torchvision.ops import box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
 from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
+from pansight.ops.grouped_nms import grouped_nms
 
 SMOOTH_L1_BETA = 1.0 / 9
 MIN_DETECTION_SIDE = 1e-2
@@ -246,7 +247,7 @@ def select_detections(
         scores = scores[:, 1:].reshape(-1)
         keep = torch.nonzero(scores > score_thresh).flatten()
         keep = keep[remove_small_boxes(boxes[keep], MIN_DETECTION_SIDE)]
-        kept = batched_nms(boxes[keep], scores[keep], labels[keep], nms_thresh)
+        kept = grouped_nms(boxes[keep], scores[keep], labels[keep], nms_thresh)
         keep = keep[kept[:detections_per_img]]
         all_boxes.append(boxes[keep])
         all_scores.append(scores[keep])
