@@ -4,7 +4,6 @@ original's rules plainly; training on synthetic multi-object images; the zoo and
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 
 import pytest
@@ -267,7 +266,6 @@ def test_batch_of_only_empty_images_trains_without_nan():
 
 def test_overfits_a_tiny_batch():
     """Losses fall and the training-mode outputs find every object (label, box and mask)."""
-    start = time.perf_counter()
     model = build(seed=0).train()
     images, targets = synthetic_batch(2)
     batch, input_targets = model.preprocess(images, targets)
@@ -292,7 +290,6 @@ def test_overfits_a_tiny_batch():
         # objects hidden down to a few pixels at prototype resolution are not required
         visible = target.masks.sum((1, 2)) >= 100
         assert visible.any() and mask_iou[visible].min() >= 0.6
-    assert time.perf_counter() - start < 60
 
 
 def test_trains_through_the_api(tmp_path):
