@@ -19,7 +19,8 @@ from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
 from pansight.structures import Target
 
 if TYPE_CHECKING:
-    from pansight.models.rcnn import RCNNConfig, RCNNOutputs
+    from pansight.models.rcnn import RCNNOutputs
+    from pansight.models.rcnn_config import RCNNConfig
 
 
 @dataclass
