@@ -44,8 +44,7 @@ def fast_nms(
         ``indices`` ``(D,)`` into the candidates, ``labels`` ``(D,)`` class index into the rows of
         ``scores``, ``scores`` ``(D,)``; sorted by descending score.
     """
-    class_scores, order = scores.sort(dim=1, descending=True)
-    class_scores, order = class_scores[:, :top_k], order[:, :top_k]
+    class_scores, order = _top_candidates(scores, top_k)
     num_classes, num_kept = order.shape
     if num_kept == 0:
         return _empty_result(scores)
@@ -64,8 +63,7 @@ def standard_nms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """torchvision's per-class NMS (``batched_nms``) on the same ``top_k`` candidates per class
     as :func:`fast_nms`; same arguments and return values."""
-    class_scores, order = scores.sort(dim=1, descending=True)
-    class_scores, order = class_scores[:, :top_k], order[:, :top_k]
+    class_scores, order = _top_candidates(scores, top_k)
     if order.numel() == 0:
         return _empty_result(scores)
     labels = torch.arange(order.shape[0], device=scores.device)[:, None].expand_as(order)
@@ -88,6 +86,13 @@ def per_class_nms(
     if method == "standard":
         return standard_nms(boxes, scores, iou_threshold, top_k, max_detections)
     raise ValueError(f"nms={method!r}; choose one of {', '.join(NMS_METHODS)}")
+
+
+def _top_candidates(scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """Per class the ``top_k`` best scores and their candidate indices, both ``(C, k)``,
+    best first."""
+    class_scores, order = scores.sort(dim=1, descending=True)
+    return class_scores[:, :top_k], order[:, :top_k]
 
 
 def _best(
