@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from rss import call_peak_bytes
 from torch import Tensor
 from torchvision.models.segmentation import fcn_resnet50
 
@@ -174,18 +175,7 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     models = build_models(saved["state_dict"], args.size, (args.memory_of,))
     call = calls(models, images, normalised)[args.memory_of]
     del saved
-    gc.collect()
-    before = _proc_status_bytes("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    call()
-    print(_proc_status_bytes("VmHWM") - before, _proc_status_bytes("VmHWM"))
-
-
-def _proc_status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    print(*call_peak_bytes(call))
 
 
 def peak_memory(args: argparse.Namespace, state_file: Path, which: str) -> tuple[int, int]:

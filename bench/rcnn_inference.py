@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 from rcnn_agreement import as_detections, compare_outputs, float64_outputs, network_agreement
+from rss import call_peak_bytes
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -251,18 +252,7 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     models = build_models(args, saved["state_dict"], (args.memory_of,))
     inference = call(args.memory_of, models[args.memory_of], images)
     del saved
-    gc.collect()
-    before = _proc_status_bytes("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    inference()
-    print(_proc_status_bytes("VmHWM") - before, _proc_status_bytes("VmHWM"))
-
-
-def _proc_status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    print(*call_peak_bytes(inference))
 
 
 def peak_memory(args: argparse.Namespace, state_file: Path, which: str) -> tuple[int, int]:
