@@ -55,6 +55,19 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """Training settings that suit each task better than TrainConfig's generic defaults."""
 
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "yolact_r18": {
+        "optimizer": "sgd",
+        "lr": 0.02,
+        "weight_decay": 1e-4,
+        "batch_size": 4,
+        "warmup_iters": 100,
+        "clip_grad": 10.0,
+    },
+}
+"""Training settings of models whose recipe differs from their task's (applied over
+:data:`TASK_DEFAULTS`)."""
+
 
 @dataclass
 class TrainRun:
@@ -75,6 +88,8 @@ def make_train_config(task: str, overrides: dict[str, Any]) -> tuple[TrainConfig
     """Split ``overrides`` into a TrainConfig for ``task`` and the model's own overrides.
 
     Keys starting with ``model.`` go to the model's config; everything else to TrainConfig.
+    TrainConfig's fields start from the task's defaults, then the chosen model's, then
+    ``overrides``.
     """
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
@@ -82,7 +97,13 @@ def make_train_config(task: str, overrides: dict[str, Any]) -> tuple[TrainConfig
         raise ConfigError(f"task {task!r} has no trainable model yet")
     model_overrides = {k[6:]: v for k, v in overrides.items() if k.startswith("model.")}
     train_overrides = {k: v for k, v in overrides.items() if not k.startswith("model.")}
-    defaults = {"task": task, "model": DEFAULT_MODELS[task], **TASK_DEFAULTS.get(task, {})}
+    model = str(train_overrides.get("model", DEFAULT_MODELS[task]))
+    defaults = {
+        "task": task,
+        "model": model,
+        **TASK_DEFAULTS.get(task, {}),
+        **MODEL_DEFAULTS.get(model, {}),
+    }
     config = apply_overrides(TrainConfig(task=task), defaults)
     return apply_overrides(config, train_overrides), model_overrides
 

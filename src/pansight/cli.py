@@ -23,6 +23,8 @@ EPILOG = """examples:
   pansight predict runs/loc/model.pt photo.png images/ --out runs/pred
   pansight train semantic out=runs/sem
   pansight predict runs/sem/model.pt photo.png --channels
+  pansight train instance model=yolact_r18 out=runs/yolact
+  pansight predict runs/yolact/model.pt photo.png --show-prototypes
   pansight data write --out data/shapes --mode multi
   pansight demo
 """
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels",
         action="store_true",
         help="semantic models: also save each image's per-class score channels as a grid",
+    )
+    predict.add_argument(
+        "--show-prototypes",
+        action="store_true",
+        help="YOLACT models: also save each image's prototype masks and, per detection, its "
+        "coefficients and assembled mask",
     )
     predict.set_defaults(handler=run_predict)
 
@@ -130,7 +138,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from pansight.predict import predict_files
 
     written = predict_files(
-        args.checkpoint, args.inputs, args.out, args.batch_size, channels=args.channels
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        args.batch_size,
+        channels=args.channels,
+        prototypes=args.show_prototypes,
     )
     print(f"wrote {len(written)} pictures and {args.out / 'results.json'}")
     return 0

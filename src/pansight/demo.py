@@ -1,8 +1,10 @@
 """``pansight demo``: the main job on the embedded synthetic world.
 
 It draws the world's ground truth, then climbs the ladder: for each rung it trains a model for a
-few minutes, evaluates it on the validation split and draws its predictions. Everything lands
-under one folder; ``summary.json`` holds the metrics.
+few minutes, evaluates it on the validation split and draws its predictions. A task trained by
+two models (instance segmentation: Mask R-CNN and YOLACT) also gets a picture of both models'
+predictions on the same images. Everything lands under one folder; ``summary.json`` holds the
+metrics.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any
 
 from pansight.data.shapes import ShapesDataset
 from pansight.models.base import PansightModel
-from pansight.viz import draw_result, draw_target, image_grid, save_png
+from pansight.viz import draw_result, draw_target, image_grid, save_png, with_title
 
 
 @dataclass(frozen=True)
 class Rung:
-    """One rung of the demo: its task, training overrides and the headline metric."""
+    """One rung of the demo: its name (unique; it names the run folder, the pictures and the
+    summary entry), task, title, headline metric and training overrides."""
 
+    name: str
     task: str
     title: str
     headline: str
@@ -33,40 +37,46 @@ def rungs(quick: bool) -> list[Rung]:
 
     Classification and localization train for epochs in bfloat16 mixed precision; the R-CNN
     rungs for a fixed number of iterations; semantic segmentation (FCN-8s) for one pass over
-    fresh images in bfloat16.
+    fresh images in bfloat16. YOLACT trains with the same iteration budget as Mask R-CNN.
     """
     images = 1500 if quick else 3000
     settings = {"data.num_train": images, "epochs": 8, "amp": True}
     rcnn = {"max_iters": 300 if quick else 600, "data.num_val": 100}
     semantic = {"data.num_train": 4800 if quick else 9600, "epochs": 1, "amp": True}
+    yolact = {**rcnn, "model": "yolact_r18"}
     return [
-        Rung("classify", "classification", "top1", settings),
-        Rung("localize", "localization", "loc_accuracy", settings),
-        Rung("detect", "detection", "box_AP", rcnn),
-        Rung("semantic", "semantic", "mIoU", semantic),
-        Rung("instance", "instance", "mask_AP", rcnn),
+        Rung("classify", "classify", "classification", "top1", settings),
+        Rung("localize", "localize", "localization", "loc_accuracy", settings),
+        Rung("detect", "detect", "detection", "box_AP", rcnn),
+        Rung("semantic", "semantic", "semantic", "mIoU", semantic),
+        Rung("instance", "instance", "instance (Mask R-CNN)", "mask_AP", rcnn),
+        Rung("instance_yolact", "instance", "instance (YOLACT)", "mask_AP", yolact),
     ]
 
 
 def run_demo(out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
-    """Train, evaluate and draw every rung; returns ``{task: metrics}``."""
+    """Train, evaluate and draw every rung; returns ``{rung name: metrics}``."""
     from pansight.api import train
 
     out.mkdir(parents=True, exist_ok=True)
     draw_world(out / "world.png")
+    ladder = rungs(quick)
     summary: dict[str, dict[str, float]] = {}
-    for rung in rungs(quick):
+    models: dict[str, PansightModel] = {}
+    for rung in ladder:
         print(f"\n== {rung.title}: training {rung.task} ==", flush=True)
         started = time.perf_counter()
         run = train(
-            rung.task, out=str(out / rung.task), overwrite=True, **_python_keys(rung.overrides)
+            rung.task, out=str(out / rung.name), overwrite=True, **_python_keys(rung.overrides)
         )
         minutes = (time.perf_counter() - started) / 60
-        summary[rung.task] = {**run.metrics, "train_minutes": round(minutes, 2)}
-        draw_predictions(run.model, out / f"{rung.task}_predictions.png")
+        summary[rung.name] = {**run.metrics, "train_minutes": round(minutes, 2)}
+        models[rung.name] = run.model
+        draw_predictions(run.model, out / f"{rung.name}_predictions.png")
         print(f"{rung.title}: {rung.headline} = {run.metrics[rung.headline]:.3f}", flush=True)
+    draw_comparisons(ladder, models, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary, rungs(quick), out)
+    print_summary(summary, ladder, out)
     return summary
 
 
@@ -88,10 +98,7 @@ MULTI_OBJECT_TASKS = ("detect", "semantic", "instance", "panoptic")
 def draw_predictions(model: PansightModel, path: Path) -> None:
     """A grid of the model's predictions on validation images: 16 single-object 64 px images
     for classification and localization, 8 multi-object 128 px scenes for the other rungs."""
-    if model.task in MULTI_OBJECT_TASKS:
-        dataset = ShapesDataset(split="val", mode="multi", num_images=8, image_size=128)
-    else:
-        dataset = ShapesDataset(split="val", mode="single", num_images=16, image_size=64)
+    dataset = _validation_images(model.task, 8 if model.task in MULTI_OBJECT_TASKS else 16)
     images = [dataset[i][0] for i in range(len(dataset))]
     results = model.predict(images)
     pictures = [
@@ -100,15 +107,50 @@ def draw_predictions(model: PansightModel, path: Path) -> None:
     save_png(image_grid(pictures, ncol=8 if len(images) > 8 else 4), path)
 
 
+def draw_comparisons(ladder: list[Rung], models: dict[str, PansightModel], out: Path) -> None:
+    """For every task trained by more than one rung, ``<task>_comparison.png``: one row per
+    rung (titled), each model's predictions on the same validation images."""
+    for task in dict.fromkeys(rung.task for rung in ladder):
+        rivals = [rung for rung in ladder if rung.task == task]
+        if len(rivals) > 1:
+            titled = [(rung.title, models[rung.name]) for rung in rivals]
+            draw_comparison(titled, out / f"{task}_comparison.png")
+
+
+def draw_comparison(
+    titled_models: list[tuple[str, PansightModel]], path: Path, count: int = 4
+) -> None:
+    """Models of one task on the same ``count`` validation images, one titled row per model."""
+    rows = []
+    for title, model in titled_models:
+        dataset = _validation_images(model.task, count)
+        images = [dataset[i][0] for i in range(count)]
+        pictures = [
+            draw_result(image, result, model.class_names)
+            for image, result in zip(images, model.predict(images))
+        ]
+        rows.append(with_title(image_grid(pictures, ncol=count), title))
+    save_png(image_grid(rows, ncol=1), path)
+
+
 def print_summary(summary: dict[str, dict[str, float]], ladder: list[Rung], out: Path) -> None:
-    print("\n  rung            metric          value   minutes")
+    width = max(len("rung"), *(len(rung.title) for rung in ladder))
+    print(f"\n  {'rung':{width}s} metric          value   minutes")
     for rung in ladder:
-        metrics = summary[rung.task]
+        metrics = summary[rung.name]
         print(
-            f"  {rung.title:15s} {rung.headline:14s} {metrics[rung.headline]:7.3f}"
+            f"  {rung.title:{width}s} {rung.headline:14s} {metrics[rung.headline]:7.3f}"
             f"   {metrics['train_minutes']:5.1f}"
         )
     print(f"\npictures and summary.json are in {out}/")
+
+
+def _validation_images(task: str, count: int) -> ShapesDataset:
+    """The first ``count`` validation images of the synthetic world for ``task``: 128 px scenes
+    for the multi-object tasks, 64 px single objects for the others."""
+    if task in MULTI_OBJECT_TASKS:
+        return ShapesDataset(split="val", mode="multi", num_images=count, image_size=128)
+    return ShapesDataset(split="val", mode="single", num_images=count, image_size=64)
 
 
 def _python_keys(overrides: dict[str, Any]) -> dict[str, Any]:

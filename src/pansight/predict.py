@@ -1,7 +1,8 @@
 """Run a checkpoint over image files: annotated pictures and one JSON of results.
 
 Semantic models also write each image's raw class map as a label PNG and, on request, a grid of
-its per-class score channels (the one-hot picture before the argmax).
+its per-class score channels (the one-hot picture before the argmax). YOLACT models write, on
+request, a picture of how each image's masks are assembled from prototypes and coefficients.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from pansight.data.label_folders import write_label_png
 from pansight.errors import ConfigError, DataError
 from pansight.models.base import PansightModel
 from pansight.structures import Result, SemanticMap
+
+if TYPE_CHECKING:
+    from pansight.models.yolact import MaskComposition
 
 CHANNEL_TILE_SIDE = 96
 """Score-channel tiles smaller than this are enlarged (nearest neighbour) so captions fit."""
@@ -47,44 +51,89 @@ def find_images(inputs: list[Path]) -> list[Path]:
 
 
 def predict_files(
-    checkpoint: Path, inputs: list[Path], out: Path, batch_size: int = 8, channels: bool = False
+    checkpoint: Path,
+    inputs: list[Path],
+    out: Path,
+    batch_size: int = 8,
+    channels: bool = False,
+    prototypes: bool = False,
 ) -> list[Path]:
     """Predict every image, write ``out/<index>_<name>.png`` pictures and ``out/results.json``.
 
     Semantic models also write ``<index>_<name>_labels.png`` (the class map, one label per
     pixel) and, with ``channels``, ``<index>_<name>_channels.png`` (each class's score channel
-    as a grey tile, white = probability 1).
+    as a grey tile, white = probability 1). YOLACT models, with ``prototypes``, also write
+    ``<index>_<name>_prototypes.png`` (see :func:`pansight.viz_prototypes.draw_mask_composition`).
 
     Returns the files written besides the JSON. The JSON is written last and atomically, so a
     run that fails part-way never leaves a complete-looking results file.
 
     Raises:
-        ConfigError: ``channels`` for a model that is not a semantic one.
+        ConfigError: ``channels`` for a model that is not a semantic one, ``prototypes`` for
+            one that is not a YOLACT.
     """
     from pansight.api import load
     from pansight.viz import draw_result, save_png
+    from pansight.viz_prototypes import draw_mask_composition
 
     files = find_images(inputs)
     model = load(checkpoint)
-    if channels and model.task != "semantic":
-        raise ConfigError(
-            f"{checkpoint}: --channels needs a semantic model, not a {model.task} one"
-        )
+    check_picture_options(model, checkpoint, channels, prototypes)
     out.mkdir(parents=True, exist_ok=True)
     records, written = [], []
     for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
         chunk = files[start : start + batch_size]
         images = [read_image(path) for path in chunk]
-        results = predict_with_scores(model, images) if channels else model.predict(images)
-        for index, (path, image, result) in enumerate(zip(chunk, images, results), start):
+        results, compositions = _predict_chunk(model, images, channels, prototypes)
+        outputs = zip(chunk, images, results, compositions)
+        for index, (path, image, result, composition) in enumerate(outputs, start):
             picture = out / f"{_output_stem(path, index)}.png"
             save_png(draw_result(image, result, model.class_names), picture)
             written.append(picture)
             if isinstance(result, SemanticMap):
                 written += write_semantic_files(result, model.class_names, out, path, index)
+            if composition is not None:
+                picture = out / f"{_output_stem(path, index)}_prototypes.png"
+                save_png(
+                    draw_mask_composition(image, result, composition, model.class_names), picture
+                )
+                written.append(picture)
             records.append(result_record(path, index, image.shape[-2:], result, model))
     _write_json_atomically(out / "results.json", {"task": model.task, "images": records})
     return written
+
+
+def check_picture_options(
+    model: PansightModel, checkpoint: Path, channels: bool, prototypes: bool
+) -> None:
+    """Refuse picture options that ``model`` cannot serve.
+
+    Raises:
+        ConfigError: ``channels`` for a model that is not a semantic one, ``prototypes`` for
+            one that is not a YOLACT.
+    """
+    from pansight.models.yolact import Yolact
+
+    if channels and model.task != "semantic":
+        raise ConfigError(
+            f"{checkpoint}: --channels needs a semantic model, not a {model.task} one"
+        )
+    if prototypes and not isinstance(model, Yolact):
+        raise ConfigError(
+            f"{checkpoint}: --show-prototypes needs a YOLACT model, not a "
+            f"{type(model).__name__} ({model.task}) one"
+        )
+
+
+def _predict_chunk(
+    model: PansightModel, images: list[Tensor], channels: bool, prototypes: bool
+) -> tuple[list[Result], list[MaskComposition | None]]:
+    """The results on ``images`` (with score channels for ``channels``) and, for
+    ``prototypes``, their mask compositions (else one ``None`` per image)."""
+    if prototypes:
+        return model.predict_with_prototypes(images)
+    results = predict_with_scores(model, images) if channels else model.predict(images)
+    return results, [None] * len(results)
 
 
 def result_record(

@@ -128,6 +128,22 @@ def image_grid(images: list[Tensor], ncol: int) -> Tensor:
     return make_grid(padded, nrow=ncol, padding=4, pad_value=255)
 
 
+def with_title(picture: Tensor, title: str, size: int = 14) -> Tensor:
+    """A ``(3, H, W)`` uint8 picture below a white strip holding ``title`` in black.
+
+    The result is as wide as the wider of the two; the picture is padded white on the right.
+    """
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox(
+        (0, 0), title, font=font
+    )
+    width = max(picture.shape[-1], right - left + 8)
+    strip = Image.new("RGB", (width, bottom - top + 8), "white")
+    ImageDraw.Draw(strip).text((4 - left, 4 - top), title, fill="black", font=font)
+    header = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
+    return torch.cat([header, _pad_to(_to_uint8(picture), picture.shape[-2], width)], dim=1)
+
+
 def save_png(picture: Tensor, path: str | Path) -> None:
     """Write a ``(3, H, W)`` uint8 picture as a PNG file (parent folders are created)."""
     if picture.dtype != torch.uint8 or picture.dim() != 3 or picture.shape[0] != 3:

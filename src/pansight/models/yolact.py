@@ -7,6 +7,8 @@ resolution), the prediction head shared by all levels (per anchor: class logits,
 ``k`` mask coefficients) and the auxiliary semantic map on ``p3``. ``postprocess`` decodes the
 boxes, runs Fast NMS per class and assembles the masks of all detections at once
 (prototypes @ coefficients^T -> sigmoid -> crop to the box -> upsample -> threshold).
+:meth:`Yolact.predict_with_prototypes` also returns each image's :class:`MaskComposition` (its
+prototypes, and the coefficients and boxes of its detections) for pictures of that assembly.
 
 The parts are in :mod:`pansight.models.yolact_head`, the losses in
 :mod:`pansight.models.yolact_loss`, checkpoints of the original implementation are read by
@@ -136,6 +138,30 @@ class YolactOutputs:
     semantic_logits: Tensor
 
 
+@dataclass
+class MaskComposition:
+    """How YOLACT composes one image's masks, one row per detection in the detections' order.
+
+    A detection's mask is ``sigmoid(sum_j coefficients[d, j] * prototypes[j])``, zeroed outside
+    its box (grown by one prototype pixel), upsampled bilinearly to the image and thresholded at
+    ``mask_threshold`` (:meth:`Yolact.masks_in_image`).
+
+    Attributes:
+        prototypes: ``(k, Hp, Wp)`` prototype masks (after ReLU) of the square input frame.
+        coefficients: ``(D, k)`` mask coefficients in ``[-1, 1]``.
+        boxes: ``(D, 4)`` xyxy boxes relative to the input side (``0..1``), as decoded, before
+            they are mapped to image pixels; the masks are cropped to them.
+    """
+
+    prototypes: Tensor
+    coefficients: Tensor
+    boxes: Tensor
+
+    def mask_probabilities(self) -> Tensor:
+        """``(D, Hp, Wp)`` mask probabilities at prototype resolution, cropped to the boxes."""
+        return assemble_masks(self.prototypes.permute(1, 2, 0), self.coefficients, self.boxes)
+
+
 class Yolact(PansightModel):
     """YOLACT on a ResNet body; see the module docstring for the steps.
 
@@ -221,6 +247,13 @@ class Yolact(PansightModel):
 
     def postprocess(self, outputs: YolactOutputs, batch: ImageBatch) -> list[Detections]:
         """Detections in original-image pixels; labels ``0..K-1``; masks ``bool (N, H, W)``."""
+        return [detections for detections, _ in self.postprocess_with_prototypes(outputs, batch)]
+
+    def postprocess_with_prototypes(
+        self, outputs: YolactOutputs, batch: ImageBatch
+    ) -> list[tuple[Detections, MaskComposition]]:
+        """:meth:`postprocess`, with each image's :class:`MaskComposition` beside its
+        detections."""
         probabilities = outputs.class_logits.softmax(dim=-1)
         boxes = decode_boxes(outputs.box_deltas, outputs.priors)
         return [
@@ -234,6 +267,21 @@ class Yolact(PansightModel):
             for index in range(len(batch))
         ]
 
+    @torch.no_grad()
+    def predict_with_prototypes(
+        self, images: list[Tensor]
+    ) -> tuple[list[Detections], list[MaskComposition]]:
+        """:meth:`predict`, plus how each image's masks are made: its prototypes and the
+        coefficients and boxes of its detections (see :class:`MaskComposition`)."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch, _ = self.preprocess([image.to(self.device) for image in images])
+            per_image = self.postprocess_with_prototypes(self(batch), batch)
+        finally:
+            self.train(was_training)
+        return [detections for detections, _ in per_image], [parts for _, parts in per_image]
+
     def detect(
         self,
         boxes: Tensor,
@@ -241,9 +289,10 @@ class Yolact(PansightModel):
         coefficients: Tensor,
         prototypes: Tensor,
         image_size: tuple[int, int],
-    ) -> Detections:
+    ) -> tuple[Detections, MaskComposition]:
         """One image's detections from its relative boxes ``(A, 4)``, class probabilities
-        ``(A, K + 1)``, coefficients ``(A, k)`` and prototypes ``(Hp, Wp, k)``.
+        ``(A, K + 1)``, coefficients ``(A, k)`` and prototypes ``(Hp, Wp, k)``, and the
+        composition of their masks.
 
         Anchors whose best object probability exceeds ``score_thresh`` are the candidates; NMS
         runs per class on each class's ``top_k`` best candidates (their scores are not
@@ -261,9 +310,14 @@ class Yolact(PansightModel):
             config.top_k,
             config.detections_per_img,
         )
-        boxes = boxes[kept]
-        masks = self.masks_in_image(prototypes, coefficients[kept], boxes, image_size)
-        return Detections(self.boxes_in_image(boxes, image_size), scores, labels, masks)
+        composition = MaskComposition(prototypes.permute(2, 0, 1), coefficients[kept], boxes[kept])
+        masks = self.masks_in_image(
+            prototypes, composition.coefficients, composition.boxes, image_size
+        )
+        detections = Detections(
+            self.boxes_in_image(composition.boxes, image_size), scores, labels, masks
+        )
+        return detections, composition
 
     def masks_in_image(
         self, prototypes: Tensor, coefficients: Tensor, boxes: Tensor, image_size: tuple[int, int]
