@@ -26,13 +26,19 @@ BOX_VARIANCES = (0.1, 0.2)
 CROP_PADDING = 1
 """Pixels of prototype resolution a mask crop extends beyond its box on every side."""
 
+FPN_INPUTS = ("c5", "c4", "c3")
+"""The backbone levels the FPN reads, coarsest first (the order of its layer lists)."""
+
 
 class YolactFPN(nn.Module):
-    """FPN over ``c3..c5`` giving ``p3..p7``.
+    """FPN over ``c3..c5`` giving ``p3..p7``, in two phases.
 
-    Lateral 1x1 convs, top-down bilinear upsampling (``align_corners=False``) to each finer
-    level's size and sum, a 3x3 conv (padding 1) followed by a ReLU on each level; ``p6`` and
-    ``p7`` are stride-2 3x3 convs (padding 1, no ReLU) of ``p5`` and ``p6``.
+    :meth:`top_down` (phase 1): lateral 1x1 convs and top-down bilinear upsampling
+    (``align_corners=False``) of each coarser sum to the finer level's size, added to its lateral
+    (:func:`merge_top_down`). :meth:`smooth` (phase 2): a 3x3 conv (padding 1) followed by a ReLU
+    on each level; ``p6`` and ``p7`` are stride-2 3x3 convs (padding 1, no ReLU) of ``p5`` and
+    ``p6``. YolactEdge keeps the phase-1 sums of a keyframe and rebuilds phase 1 of the frames
+    that follow from them.
 
     The lists run from the coarsest level: ``lat_layers[0]`` and ``pred_layers[0]`` belong to
     ``c5``/``p5``, index 2 to ``c3``/``p3`` (the original's order, which its checkpoints keep).
@@ -42,31 +48,54 @@ class YolactFPN(nn.Module):
 
     def __init__(self, in_channels: dict[str, int], channels: int) -> None:
         super().__init__()
-        coarse_first = ("c5", "c4", "c3")
         self.lat_layers = nn.ModuleList(
-            nn.Conv2d(in_channels[level], channels, kernel_size=1) for level in coarse_first
+            nn.Conv2d(in_channels[level], channels, kernel_size=1) for level in FPN_INPUTS
         )
         self.pred_layers = nn.ModuleList(
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in coarse_first
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1) for _ in FPN_INPUTS
         )
         self.downsample_layers = nn.ModuleList(
             nn.Conv2d(channels, channels, kernel_size=3, padding=1, stride=2) for _ in range(2)
         )
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        top_down: Tensor | None = None
-        levels: dict[str, Tensor] = {}
-        for index, level in enumerate(("c5", "c4", "c3")):
-            lateral = self.lat_layers[index](features[level])
-            if top_down is not None:
-                lateral = lateral + F.interpolate(
-                    top_down, size=lateral.shape[-2:], mode="bilinear", align_corners=False
-                )
-            top_down = lateral
-            levels["p" + level[1]] = F.relu(self.pred_layers[index](lateral))
+        top_down, _ = self.top_down(features)
+        return self.smooth(top_down)
+
+    def lateral(self, level: str, feature: Tensor) -> Tensor:
+        """The lateral 1x1 conv of ``level`` (``c3``, ``c4`` or ``c5``): ``(B, C, h, w)``."""
+        return self.lat_layers[FPN_INPUTS.index(level)](feature)
+
+    def top_down(self, features: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+        """Phase 1: ``{"p3", "p4", "p5"}`` top-down sums before the 3x3 convs, and the lateral
+        of ``c3`` alone ``(B, C, H/8, W/8)``."""
+        laterals = {level: self.lateral(level, features[level]) for level in FPN_INPUTS}
+        sums: dict[str, Tensor] = {}
+        coarser: Tensor | None = None
+        for level in FPN_INPUTS:
+            lateral = laterals[level]
+            coarser = lateral if coarser is None else merge_top_down(coarser, lateral)
+            sums["p" + level[1]] = coarser
+        return sums, laterals["c3"]
+
+    def smooth(self, top_down: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Phase 2: phase-1 sums ``{"p3", "p4", "p5"}`` -> ``{"p3", .., "p7"}``."""
+        levels = {
+            "p" + level[1]: F.relu(self.pred_layers[index](top_down["p" + level[1]]))
+            for index, level in enumerate(FPN_INPUTS)
+        }
         levels["p6"] = self.downsample_layers[0](levels["p5"])
         levels["p7"] = self.downsample_layers[1](levels["p6"])
         return {name: levels[name] for name in ("p3", "p4", "p5", "p6", "p7")}
+
+
+def merge_top_down(coarser: Tensor, lateral: Tensor) -> Tensor:
+    """``lateral`` ``(B, C, h, w)`` plus ``coarser`` ``(B, C, h', w')`` upsampled bilinearly
+    (``align_corners=False``) to ``(h, w)``: one top-down step of the FPN."""
+    upsampled = F.interpolate(
+        coarser, size=lateral.shape[-2:], mode="bilinear", align_corners=False
+    )
+    return lateral + upsampled
 
 
 def build_protonet(channels: int, hidden: int, num_prototypes: int) -> nn.Sequential:

@@ -36,6 +36,7 @@ from pansight.models.rcnn_import import (
     torchvision_rcnn_layout,
 )
 from pansight.models.yolact import Yolact, YolactConfig
+from pansight.models.yolact_edge import YolactEdge, YolactEdgeConfig
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,20 @@ MODELS: dict[str, ModelEntry] = {
         Yolact,
         "YOLACT, ResNet-101 FPN, 550-pixel input (original yolact_base layout)",
         {"backbone": "resnet101"},
+    ),
+    "yolact_edge_r18": ModelEntry(
+        "instance",
+        YolactEdgeConfig,
+        YolactEdge,
+        "YolactEdge (YOLACT + flow-warped non-keyframes), ResNet-18, sized like yolact_r18",
+        {"backbone": "resnet18", **SMALL_YOLACT, "flow_channels": 32},
+    ),
+    "yolact_edge_r50": ModelEntry(
+        "instance",
+        YolactEdgeConfig,
+        YolactEdge,
+        "YolactEdge, ResNet-50 FPN, 550-pixel input (original yolact_edge_vid_resnet50 layout)",
+        {"backbone": "resnet50"},
     ),
 }
 

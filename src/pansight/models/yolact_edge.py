@@ -1,0 +1,424 @@
+"""YolactEdge: YOLACT on video with partial feature transfer (Liu et al., ICRA 2021).
+
+A video is processed frame by frame with a :class:`StreamState`.
+
+- **Keyframe**: YOLACT's full path (ResNet ``c3..c5``, FPN, protonet, head). The state keeps
+  the FPN's phase-1 (top-down, before the 3x3 smoothing convs) ``p4`` and ``p5`` and the
+  lateral of ``c3`` (:class:`KeyframeFeatures`).
+- **Non-keyframe**: the ResNet only up to ``c3`` and its lateral. :class:`FlowNet` estimates
+  the motion between this frame's and the keyframe's ``c3`` laterals (each first reduced to
+  ``flow_channels`` by a 3x3 conv + LeakyReLU, ``flow_reduce``); the keyframe's phase-1 ``p4``
+  and ``p5`` are warped by it (:func:`warp`), multiplied by a predicted per-channel scale and
+  shifted by a predicted bias; ``p3`` is rebuilt as this frame's ``c3`` lateral plus the
+  upsampled warped ``p4``; :class:`SPA` optionally refines the warped ``p4``/``p5`` with the
+  ``c3`` lateral. The FPN's phase 2 (3x3 convs, ``p6``/``p7``), the protonet, the head and
+  post-processing are YOLACT's.
+
+The layout and rules follow the original's ``yolact_edge_vid`` configuration: flow warping
+of ``P4``/``P5`` only (``warp_layers="P4P5"``), one flow per level (``flow_layer="each"``), scale
+and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalised SPA. The flow module is
+trained apart (:meth:`YolactEdge.transfer_features` gives what a feature-distance loss needs);
+``forward`` and the losses are YOLACT's (every training image is a keyframe). Checkpoints of the
+original implementation are read by :mod:`pansight.models.yolact_edge_import`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pansight.errors import ConfigError
+from pansight.models.yolact import Yolact, YolactConfig, YolactOutputs
+from pansight.models.yolact_head import merge_top_down
+from pansight.structures import Detections, ImageBatch
+
+FLOW_SCALE = 8.0
+"""A flow value ``f`` moves the sampling point by ``f / FLOW_SCALE`` in ``grid_sample``'s
+normalised coordinates (``-1..1`` across the map, ``align_corners=True``), i.e. by
+``f (w - 1) / 16`` pixels of a map ``w`` pixels wide (the original's ``deform_op``)."""
+
+LEAKY_SLOPE = 0.1
+"""Negative slope of the LeakyReLU after every conv of the flow module and of SPA."""
+
+
+@dataclass(frozen=True)
+class YolactEdgeConfig(YolactConfig):
+    """Settings of :class:`YolactEdge`: YOLACT's (:class:`YolactConfig`, defaults of the original
+    ``yolact_edge_vid``, ResNet-101) plus the video ones.
+
+    Attributes:
+        keyframe_interval: a keyframe every this many frames when the caller does not choose
+            (``5``: one keyframe, then four transferred frames).
+        with_flow: build the flow module; without it (the original's ``yolact_edge_youtubevis``
+            layout, ``warp_mode="none"``) every frame is a keyframe.
+        with_spa: refine the warped ``p4``/``p5`` with the ``c3`` lateral (needs ``with_flow``).
+        flow_channels: ``E``: the ``c3`` laterals are reduced to ``E`` channels; the flow
+            encoder has ``E``, ``2E`` and ``4E`` channels at strides 1, 2 and 4 of ``c3``.
+    """
+
+    keyframe_interval: int = 5
+    with_flow: bool = True
+    with_spa: bool = True
+    flow_channels: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.keyframe_interval < 1:
+            raise ConfigError(f"keyframe_interval={self.keyframe_interval} must be at least 1")
+        if self.flow_channels < 1:
+            raise ConfigError(f"flow_channels={self.flow_channels} must be at least 1")
+        if self.with_spa and not self.with_flow:
+            raise ConfigError("with_spa=true needs with_flow=true (SPA refines warped features)")
+
+
+@dataclass
+class FlowEstimate:
+    """The flow module's prediction at one pyramid level of size ``(h, w)``.
+
+    Attributes:
+        flow: ``(B, 2, h, w)`` displacement ``(x, y)`` from this frame to the keyframe, in the
+            units of :data:`FLOW_SCALE`.
+        scale: ``(B, C, h, w)`` factor applied to the warped features.
+        bias: ``(B, C, h, w)`` added to the warped features after scaling.
+    """
+
+    flow: Tensor
+    scale: Tensor
+    bias: Tensor
+
+
+@dataclass(frozen=True)
+class KeyframeFeatures:
+    """What a keyframe leaves for the frames after it (all detached, input frame).
+
+    Attributes:
+        c3_lateral: ``(B, C, H/8, W/8)`` lateral 1x1 conv of ``c3``.
+        p4: ``(B, C, H/16, W/16)`` FPN phase-1 ``p4`` (top-down sum before its 3x3 conv).
+        p5: ``(B, C, H/32, W/32)`` FPN phase-1 ``p5``.
+    """
+
+    c3_lateral: Tensor
+    p4: Tensor
+    p5: Tensor
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Where a video stream stands after a frame (see :meth:`YolactEdge.forward_frame`).
+
+    Attributes:
+        keyframe: features of the last keyframe.
+        frame_sizes: original ``(h, w)`` of each image of the last keyframe's batch.
+        frame_index: index of the last processed frame in the stream (0 for the first).
+        frames_since_keyframe: transferred frames since the last keyframe (0 if the last
+            frame was a keyframe).
+    """
+
+    keyframe: KeyframeFeatures
+    frame_sizes: tuple[tuple[int, int], ...]
+    frame_index: int
+    frames_since_keyframe: int
+
+    @property
+    def last_was_keyframe(self) -> bool:
+        return self.frames_since_keyframe == 0
+
+
+@dataclass
+class FeatureTransfer:
+    """A frame's FPN phase-1 features computed two ways, for a feature-distance loss.
+
+    Attributes:
+        reference: ``{"p3", "p4", "p5"}`` by the full path on the frame (no gradient).
+        transferred: ``{"p3", "p4", "p5"}`` by the non-keyframe path from the keyframe
+            (gradients reach the flow module and SPA).
+        flows: :class:`FlowEstimate` at ``"p5"``, ``"p4"`` and ``"p3"`` resolution.
+
+    ``model.fpn.smooth(...)`` turns either into ``p3..p7`` (the original's "P" loss location,
+    phase 1 being its "L").
+    """
+
+    reference: dict[str, Tensor]
+    transferred: dict[str, Tensor]
+    flows: dict[str, FlowEstimate]
+
+
+def conv_leaky(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv (padding 1, bias) followed by a LeakyReLU (slope :data:`LEAKY_SLOPE`)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+    )
+
+
+def warp(features: Tensor, flow: Tensor) -> Tensor:
+    """Backward-warp ``features`` ``(B, C, h, w)`` by ``flow`` ``(B, 2, h, w)``.
+
+    Output pixel ``(y, x)`` is ``features`` sampled bilinearly (zeros outside, as
+    ``grid_sample(align_corners=True)``) at normalised position
+    ``(-1 + 2 x / (w - 1) + flow_x / 8, -1 + 2 y / (h - 1) + flow_y / 8)``: a flow of
+    ``16 d / (w - 1)`` in x reads the features ``d`` pixels to the right (:data:`FLOW_SCALE`).
+    """
+    batch, _, height, width = flow.shape
+    rows = torch.linspace(-1, 1, height, device=flow.device, dtype=flow.dtype)
+    cols = torch.linspace(-1, 1, width, device=flow.device, dtype=flow.dtype)
+    grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
+    grid = torch.stack([grid_x, grid_y], dim=-1).expand(batch, height, width, 2)
+    grid = grid + flow.permute(0, 2, 3, 1) / FLOW_SCALE
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def transfer(features: Tensor, estimate: FlowEstimate) -> Tensor:
+    """Keyframe ``features`` ``(B, C, h, w)`` carried to the current frame:
+    ``warp(features, flow) * scale + bias``."""
+    return warp(features, estimate.flow) * estimate.scale + estimate.bias
+
+
+class FlowPrediction(nn.Module):
+    """Flow (3x3 conv, no bias, 2 channels), scale and bias (1x1 convs to ``C`` channels) from
+    ``(B, in_channels, h, w)`` decoder features."""
+
+    def __init__(self, in_channels: int, feature_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2, 3, padding=1, bias=False)
+        self.scale = nn.Conv2d(in_channels, feature_channels, 1)
+        self.bias = nn.Conv2d(in_channels, feature_channels, 1)
+
+    def forward(self, decoded: Tensor) -> FlowEstimate:
+        return FlowEstimate(self.conv(decoded), self.scale(decoded), self.bias(decoded))
+
+
+class FlowNet(nn.Module):
+    """The original's FlowNetMini: a 3-level encoder/decoder on two reduced ``c3`` laterals.
+
+    Encoder (two :func:`conv_leaky` per level): ``conv1`` ``2R -> E -> E`` at stride 1 of
+    ``c3``, ``conv2`` ``E -> 2E -> 2E`` at stride 2 (first conv strided), ``conv3``
+    ``2E -> 4E -> 4E`` at stride 4, so levels 1, 2, 3 have the sizes of ``p3``, ``p4``, ``p5``
+    (3x3 stride-2 convs round up like the ResNet). Decoder, coarse to fine: ``pred3`` on
+    ``conv3``; ``upfeat3``/``upflow3`` (bilinear resize to the finer size, ``align_corners=False``,
+    then a 3x3 conv without bias or activation) bring ``conv3`` (to ``2E``) and ``flow3`` (to 2)
+    to level 2, concatenated after ``conv2``: ``4E + 2`` channels for ``pred2``; likewise
+    ``upfeat2`` (of that concatenation, to ``E``) and ``upflow2`` give ``2E + 2`` channels for
+    ``pred1``.
+    """
+
+    def __init__(self, reduced_channels: int, width: int, feature_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            conv_leaky(2 * reduced_channels, width), conv_leaky(width, width)
+        )
+        self.conv2 = nn.Sequential(
+            conv_leaky(width, 2 * width, 2), conv_leaky(2 * width, 2 * width)
+        )
+        self.conv3 = nn.Sequential(
+            conv_leaky(2 * width, 4 * width, 2), conv_leaky(4 * width, 4 * width)
+        )
+        self.pred3 = FlowPrediction(4 * width, feature_channels)
+        self.pred2 = FlowPrediction(4 * width + 2, feature_channels)
+        self.pred1 = FlowPrediction(2 * width + 2, feature_channels)
+        self.upfeat3 = nn.Conv2d(4 * width, 2 * width, 3, padding=1, bias=False)
+        self.upflow3 = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.upfeat2 = nn.Conv2d(4 * width + 2, width, 3, padding=1, bias=False)
+        self.upflow2 = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+
+    def forward(
+        self, current: Tensor, keyframe: Tensor, finest: bool = False
+    ) -> dict[str, FlowEstimate]:
+        """Reduced laterals ``(B, R, h, w)`` of the current frame and of the keyframe ->
+        estimates at ``"p5"`` and ``"p4"`` size, and at ``"p3"`` size with ``finest`` (warping
+        ``p4``/``p5`` does not need it; training the flow on ground-truth flow may)."""
+        encoded1 = self.conv1(torch.cat([current, keyframe], dim=1))
+        encoded2 = self.conv2(encoded1)
+        encoded3 = self.conv3(encoded2)
+        estimates = {"p5": self.pred3(encoded3)}
+        decoded2 = _decoder_input(
+            encoded2, encoded3, estimates["p5"].flow, self.upfeat3, self.upflow3
+        )
+        estimates["p4"] = self.pred2(decoded2)
+        if finest:
+            flow2 = estimates["p4"].flow
+            decoded1 = _decoder_input(encoded1, decoded2, flow2, self.upfeat2, self.upflow2)
+            estimates["p3"] = self.pred1(decoded1)
+        return estimates
+
+
+def _decoder_input(
+    encoded: Tensor, coarser: Tensor, coarser_flow: Tensor, upfeat: nn.Module, upflow: nn.Module
+) -> Tensor:
+    """``encoded`` with the coarser level's features and flow resized to its size and convolved."""
+    size = encoded.shape[-2:]
+    features = F.interpolate(coarser, size=size, mode="bilinear", align_corners=False)
+    flow = F.interpolate(coarser_flow, size=size, mode="bilinear", align_corners=False)
+    return torch.cat([encoded, upfeat(features), upflow(flow)], dim=1)
+
+
+class SPA(nn.Module):
+    """The original's SPA: refines transferred ``p4`` and ``p5`` with the current frame's ``c3``
+    lateral, ``level + conv_leaky(cat(level, lateral resized to the level))``.
+
+    The lateral is resized (bilinear, ``align_corners=False``) in a chain, to ``p4``'s size and
+    that to ``p5``'s, as the original does.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.refine_convs = nn.ModuleList(conv_leaky(2 * channels, channels) for _ in range(2))
+
+    def forward(self, c3_lateral: Tensor, p4: Tensor, p5: Tensor) -> tuple[Tensor, Tensor]:
+        refined = []
+        guide = c3_lateral
+        for refine, level in zip(self.refine_convs, (p4, p5)):
+            guide = F.interpolate(
+                guide, size=level.shape[-2:], mode="bilinear", align_corners=False
+            )
+            refined.append(level + refine(torch.cat([level, guide], dim=1)))
+        return refined[0], refined[1]
+
+
+class YolactEdge(Yolact):
+    """YOLACT with keyframe / non-keyframe paths; see the module docstring.
+
+    ``forward``, ``loss``, ``postprocess`` and ``predict`` are YOLACT's: every image is a
+    keyframe. Video goes through :meth:`forward_frame` / :meth:`predict_video_frame` with a
+    :class:`StreamState`.
+    """
+
+    def __init__(self, config: YolactEdgeConfig, class_names: list[str]) -> None:
+        super().__init__(config, class_names)
+        channels = config.fpn_channels
+        if config.with_flow:
+            self.flow_reduce = conv_leaky(channels, config.flow_channels)
+            self.flow_net = FlowNet(config.flow_channels, config.flow_channels, channels)
+            _init_flow_weights(self.flow_reduce, self.flow_net)
+        if config.with_spa:
+            self.spa = SPA(channels)
+            _init_flow_weights(self.spa)
+
+    def forward_frame(
+        self, batch: ImageBatch, state: StreamState | None = None, keyframe: bool | None = None
+    ) -> tuple[YolactOutputs, StreamState]:
+        """One video frame per image of ``batch`` -> its outputs and the state after it.
+
+        ``keyframe`` chooses the path; ``None`` takes a keyframe every ``keyframe_interval``
+        frames. A keyframe is forced (whatever ``keyframe`` says) when there is no state yet,
+        when the batch's original sizes differ from the keyframe's, or without the flow module.
+        """
+        sizes = tuple((int(height), int(width)) for height, width in batch.original_sizes)
+        next_index = 0 if state is None else state.frame_index + 1
+        if state is None or self.is_keyframe(state, sizes, keyframe):
+            top_down, features = self.keyframe_top_down(batch)
+            state = StreamState(features, sizes, next_index, 0)
+        else:
+            top_down, _ = self.transferred_top_down(batch, state.keyframe)
+            state = replace(
+                state, frame_index=next_index, frames_since_keyframe=state.frames_since_keyframe + 1
+            )
+        return self.outputs_from_levels(self.fpn.smooth(top_down)), state
+
+    def is_keyframe(
+        self, state: StreamState, frame_sizes: tuple[tuple[int, int], ...], requested: bool | None
+    ) -> bool:
+        """Whether the frame after ``state`` with these original sizes runs the full path."""
+        if not self.config.with_flow or state.frame_sizes != frame_sizes:
+            return True
+        if requested is not None:
+            return requested
+        return state.frames_since_keyframe + 1 >= self.config.keyframe_interval
+
+    def keyframe_top_down(self, batch: ImageBatch) -> tuple[dict[str, Tensor], KeyframeFeatures]:
+        """Full backbone and FPN phase 1: ``{"p3", "p4", "p5"}`` and what the state keeps."""
+        top_down, c3_lateral = self.fpn.top_down(self.body(self.normalize(batch.tensor)))
+        features = KeyframeFeatures(
+            c3_lateral.detach(), top_down["p4"].detach(), top_down["p5"].detach()
+        )
+        return top_down, features
+
+    def transferred_top_down(
+        self, batch: ImageBatch, keyframe: KeyframeFeatures, finest_flow: bool = False
+    ) -> tuple[dict[str, Tensor], dict[str, FlowEstimate]]:
+        """The non-keyframe FPN phase 1 ``{"p3", "p4", "p5"}`` from the backbone up to ``c3``
+        and the keyframe's features, and the flow estimates it used.
+
+        The ``c3`` lateral is detached (as the original): the transfer trains only the flow
+        module and SPA.
+        """
+        if not self.config.with_flow:
+            raise ConfigError("this YolactEdge has no flow module (with_flow=false)")
+        c3_lateral = self.fpn.lateral("c3", self.c3_features(batch)).detach()
+        flows = self.flow_net(
+            self.flow_reduce(c3_lateral), self.flow_reduce(keyframe.c3_lateral), finest_flow
+        )
+        p4 = transfer(keyframe.p4, flows["p4"])
+        p5 = transfer(keyframe.p5, flows["p5"])
+        p3 = merge_top_down(p4, c3_lateral)
+        if self.config.with_spa:
+            p4, p5 = self.spa(c3_lateral, p4, p5)
+        return {"p3": p3, "p4": p4, "p5": p5}, flows
+
+    def c3_features(self, batch: ImageBatch) -> Tensor:
+        """The ResNet up to ``c3``: ``(B, C3, H/8, W/8)``."""
+        body = self.body
+        stem = body.maxpool(body.relu(body.bn1(body.conv1(self.normalize(batch.tensor)))))
+        return body.layer2(body.layer1(stem))
+
+    def outputs_from_levels(self, p_levels: dict[str, Tensor]) -> YolactOutputs:
+        """Protonet, head, priors and semantic map on ``p3..p7`` (YOLACT's steps)."""
+        prototypes = self.prototypes(p_levels["p3"])
+        deltas, logits, coefficients = self.predict_per_anchor(p_levels)
+        semantic_logits = self.semantic_seg_conv(p_levels["p3"])
+        priors = self.priors(p_levels)
+        return YolactOutputs(deltas, logits, coefficients, prototypes, priors, semantic_logits)
+
+    def transfer_features(
+        self, keyframe_batch: ImageBatch, frame_batch: ImageBatch
+    ) -> FeatureTransfer:
+        """``frame_batch``'s phase-1 features by the full path and transferred from
+        ``keyframe_batch`` (same batch size), for training the flow module."""
+        with torch.no_grad():
+            _, keyframe = self.keyframe_top_down(keyframe_batch)
+            reference, _ = self.keyframe_top_down(frame_batch)
+        transferred, flows = self.transferred_top_down(frame_batch, keyframe, finest_flow=True)
+        return FeatureTransfer(reference, transferred, flows)
+
+    @torch.no_grad()
+    def predict_video_frame(
+        self, image: Tensor, state: StreamState | None = None, keyframe: bool | None = None
+    ) -> tuple[Detections, StreamState]:
+        """Detections for one ``(3, h, w)`` frame in ``[0, 1]`` and the state after it (see
+        :meth:`forward_frame` for ``keyframe``)."""
+        was_training = self.training
+        self.eval()
+        try:
+            batch, _ = self.preprocess([image.to(self.device)])
+            outputs, state = self.forward_frame(batch, state, keyframe)
+            (detections,) = self.postprocess(outputs, batch)
+        finally:
+            self.train(was_training)
+        return detections, state
+
+    def predict_video(self, frames: Iterable[Tensor]) -> list[Detections]:
+        """Detections of each ``(3, h, w)`` frame, keyframes every ``keyframe_interval``."""
+        results = []
+        state = None
+        for frame in frames:
+            detections, state = self.predict_video_frame(frame, state)
+            results.append(detections)
+        return results
+
+
+def _init_flow_weights(*modules: nn.Module) -> None:
+    """Kaiming-normal convs (fan in, LeakyReLU slope 0.1) with zero biases, as the original
+    initialises its flow encoder and SPA; every flow prediction starts with scale bias 1."""
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, LEAKY_SLOPE, mode="fan_in")
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        for layer in module.modules():
+            if isinstance(layer, FlowPrediction):
+                nn.init.ones_(layer.scale.bias)
