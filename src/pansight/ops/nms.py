@@ -18,8 +18,32 @@ NMS_METHODS = ("fast", "standard")
 
 def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """IoU of ``(C, N, 4)`` and ``(C, M, 4)`` xyxy boxes, one matrix per leading index:
-    ``(C, N, M)``."""
-    return torch.vmap(box_iou)(boxes1, boxes2)
+    ``(C, N, M)`` (torchvision's ``box_iou`` formula, broadcast over ``C``)."""
+    areas1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    areas2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    top_left = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    bottom_right = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    sides = (bottom_right - top_left).clamp_(min=0)
+    intersection = sides[..., 0] * sides[..., 1]
+    return intersection / (areas1[:, :, None] + areas2[:, None, :] - intersection)
+
+
+CHUNK_ELEMENTS = 1 << 17
+"""IoU entries Fast NMS computes at once: classes go through in groups whose ``(k, k)``
+matrices together stay this small, so the temporaries stay in the processor's cache (on a CPU
+this makes Fast NMS several times faster than one ``(C, k, k)`` pass)."""
+
+
+def _unsuppressed(boxes: Tensor, iou_threshold: float) -> Tensor:
+    """Fast NMS's rule on ``(C, k, 4)`` boxes sorted by descending score within each class:
+    ``(C, k)`` bool, true where no higher-scoring box of the class overlaps by more than
+    ``iou_threshold``."""
+    group = max(1, CHUNK_ELEMENTS // max(1, boxes.shape[1] ** 2))
+    keep = []
+    for part in boxes.split(group):
+        iou = batched_box_iou(part, part).triu_(diagonal=1)
+        keep.append(iou.amax(dim=1) <= iou_threshold)
+    return torch.cat(keep)
 
 
 def fast_nms(
@@ -48,8 +72,7 @@ def fast_nms(
     num_classes, num_kept = order.shape
     if num_kept == 0:
         return _empty_result(scores)
-    iou = batched_box_iou(boxes[order], boxes[order]).triu(diagonal=1)
-    keep = iou.max(dim=1).values <= iou_threshold
+    keep = _unsuppressed(boxes[order], iou_threshold)
     labels = torch.arange(num_classes, device=scores.device)[:, None].expand_as(keep)
     return _best(order[keep], labels[keep], class_scores[keep], max_detections)
 
@@ -90,9 +113,8 @@ def per_class_nms(
 
 def _top_candidates(scores: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
     """Per class the ``top_k`` best scores and their candidate indices, both ``(C, k)``,
-    best first."""
-    class_scores, order = scores.sort(dim=1, descending=True)
-    return class_scores[:, :top_k], order[:, :top_k]
+    best first (``topk``, not a full sort: on a CPU it is several times faster)."""
+    return scores.topk(min(top_k, scores.shape[1]), dim=1, sorted=True)
 
 
 def _best(
