@@ -12,7 +12,6 @@ machine runs (wall time on a shared machine does). Slow (10-20 minutes each): ru
 import time
 
 import pytest
-import torch
 
 import pansight
 
@@ -23,14 +22,6 @@ RECIPE = {"data__num_train": 16000, "epochs": 1, "amp": True}
 learning rate and image settings are the semantic task's defaults (``api.TASK_DEFAULTS``)."""
 
 CPU_MINUTES_LIMIT = 10.0
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def train(model: str, out: str) -> tuple[dict[str, float], float]:
