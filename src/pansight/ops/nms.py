@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 NMS_METHODS = ("fast", "standard")
 
