@@ -37,6 +37,7 @@ from pansight.models.yolact_head import (
     yolact_priors,
 )
 from pansight.models.yolact_loss import yolact_losses
+from pansight.ops.masks import upsample_above
 from pansight.ops.nms import NMS_METHODS, per_class_nms
 from pansight.structures import Detections, ImageBatch, Target
 
@@ -325,10 +326,7 @@ class Yolact(PansightModel):
         """``(D, H, W)`` bool masks: assembled and cropped at prototype resolution, upsampled
         (bilinear) to the image and thresholded."""
         masks = assemble_masks(prototypes, coefficients, boxes)
-        if masks.shape[0] == 0:
-            return torch.zeros((0, *image_size), dtype=torch.bool, device=masks.device)
-        upsampled = F.interpolate(masks[None], image_size, mode="bilinear", align_corners=False)
-        return upsampled[0] > self.config.mask_threshold
+        return upsample_above(masks, image_size, self.config.mask_threshold)
 
     def boxes_in_image(self, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
         """Relative xyxy ``(D, 4)`` -> ordered, clipped image pixels (truncated to whole pixels

@@ -1,4 +1,5 @@
-"""Pasting fixed-size RoI masks into full images, for all detections at once."""
+"""Masks into full images, for all detections at once: pasting fixed-size RoI masks
+(Mask R-CNN) and upsampling image-frame masks that are zero outside a small region (YOLACT)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,89 @@ def paste_masks(
     rows = _resize_weights(pixel_boxes[:, 1], pixel_boxes[:, 3], side, height)
     cols = _resize_weights(pixel_boxes[:, 0], pixel_boxes[:, 2], side, width)
     return rows @ masks @ cols.transpose(1, 2)
+
+
+def upsample_above(masks: Tensor, image_size: tuple[int, int], threshold: float) -> Tensor:
+    """``F.interpolate(masks[None], image_size, mode="bilinear") > threshold``, computed only
+    where it can be true.
+
+    Each mask is zero outside a small region (a detection's box); with ``threshold >= 0`` an
+    output pixel whose source samples are all zero is false. So each mask's nonzero block of
+    samples is resampled onto just the output pixels that read it, with one batched product
+    ``rows (D, H', h') @ block (D, h', w') @ cols (D, w', W')`` over the largest block, and
+    written into the ``(D, H, W)`` result. Equal to the full upsampling up to float rounding
+    of the weighted sums.
+
+    Args:
+        masks: ``(D, h, w)`` float masks covering the whole image frame.
+        image_size: ``(H, W)`` of the output.
+        threshold: a value ``>= 0``; output pixels above it are true.
+
+    Returns:
+        ``(D, H, W)`` bool masks.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    height, width = image_size
+    count, source_height, source_width = masks.shape
+    result = torch.zeros((count, height, width), dtype=torch.bool, device=masks.device)
+    if count == 0:
+        return result
+    nonzero = masks != 0
+    rows, source_rows, row_weights = _axis_resampling(nonzero.any(dim=2), height)
+    cols, source_cols, col_weights = _axis_resampling(nonzero.any(dim=1), width)
+    detection = torch.arange(count, device=masks.device)[:, None, None]
+    blocks = masks.float()[detection, source_rows[:, :, None], source_cols[:, None, :]]
+    values = row_weights @ blocks @ col_weights.transpose(1, 2)
+    flat_index = rows[:, :, None] * width + cols[:, None, :]
+    result.view(count, -1).scatter_(1, flat_index.flatten(1), (values > threshold).flatten(1))
+    return result
+
+
+def _axis_resampling(active: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear resampling along one axis, restricted to each mask's nonzero samples.
+
+    Args:
+        active: ``(D, s)`` bool, the source samples that are nonzero (a contiguous run).
+        length: output pixels along the axis.
+
+    Returns:
+        ``pixels`` ``(D, n)``: the output pixels that read an active sample (the widest run
+        sets ``n``; shorter runs repeat their last pixel), ``samples`` ``(D, m)``: the active
+        samples (likewise padded), and ``weights`` ``(D, n, m)`` (zero for padding samples).
+        Output pixel ``u`` reads source coordinate ``c = (u + 0.5) * s / length - 0.5``
+        clamped to ``[0, s - 1]`` with weight ``max(0, 1 - |c - i|)`` on sample ``i``, as
+        ``F.interpolate(mode="bilinear", align_corners=False)`` does.
+    """
+    source = active.shape[1]
+    coords = ((torch.arange(length, device=active.device) + 0.5) * (source / length) - 0.5).clamp(
+        0, source - 1
+    )
+    first, count = _runs(active)
+    last = first + count - 1
+    reached = (coords[None, :] > first[:, None] - 1) & (coords[None, :] < last[:, None] + 1)
+    pixels = _padded_run(*_runs(reached & (count[:, None] > 0)), length)
+    samples = _padded_run(first, count, source)
+    offsets = torch.arange(samples.shape[1], device=active.device)
+    valid = offsets[None, :] < count[:, None]
+    distance = (coords[pixels][:, :, None] - samples[:, None, :].float()).abs()
+    return pixels, samples, (1 - distance).clamp(min=0) * valid[:, None, :]
+
+
+def _runs(flags: Tensor) -> tuple[Tensor, Tensor]:
+    """First index and length of each row's run of true ``flags`` ``(D, L)`` (length 0 for
+    rows with none)."""
+    count = flags.sum(dim=1)
+    return flags.int().argmax(dim=1), count
+
+
+def _padded_run(first: Tensor, count: Tensor, length: int) -> Tensor:
+    """``(D, n)`` indices ``first .. first + count - 1`` per row, ``n`` the longest run (at
+    least 1), padded by repeating the last index (clipped to ``length - 1``)."""
+    span = int(count.max().clamp(min=1))
+    offsets = torch.arange(span, device=first.device)
+    last = first + (count - 1).clamp(min=0)
+    return torch.minimum(first[:, None] + offsets[None, :], last[:, None]).clamp(max=length - 1)
 
 
 def _resize_weights(starts: Tensor, ends: Tensor, source: int, length: int) -> Tensor:
