@@ -20,14 +20,8 @@ from pansight.config import to_dict
 from pansight.data.shapes import THING_CLASSES, ShapesDataset
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
-from pansight.models.yolact_edge import (
-    FlowEstimate,
-    StreamState,
-    YolactEdge,
-    YolactEdgeConfig,
-    transfer,
-    warp,
-)
+from pansight.models.feature_flow import FlowEstimate, transfer, warp
+from pansight.models.yolact_edge import StreamState, YolactEdge, YolactEdgeConfig
 from pansight.models.yolact_edge_import import (
     YOUTUBE_VIS_CLASSES,
     EdgeLayout,

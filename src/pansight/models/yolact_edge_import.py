@@ -31,11 +31,11 @@ from torch import Tensor
 from pansight.errors import CheckpointError
 from pansight.models.yolact_edge import YolactEdge
 from pansight.models.yolact_import import (
-    _read,
     coco_80_class_names,
     original_layout,
     original_to_pansight_key,
     pansight_to_original_key,
+    read_original_checkpoint,
 )
 
 LATERAL_KEY = "fpn_phase_1.lat_layers.0.weight"
@@ -174,7 +174,7 @@ def load_original_yolact_edge(
     """
     from pansight.models.zoo import build_model
 
-    state_dict = _read(weights) if isinstance(weights, str | Path) else weights
+    state_dict = read_original_checkpoint(weights) if isinstance(weights, str | Path) else weights
     layout = original_edge_layout(state_dict)
     if class_names is None:
         class_names = _default_class_names(layout.num_classes)

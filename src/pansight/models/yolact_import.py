@@ -153,7 +153,7 @@ def load_original_yolact(
     """
     from pansight.models.zoo import build_model
 
-    state_dict = _read(weights) if isinstance(weights, str | Path) else weights
+    state_dict = read_original_checkpoint(weights) if isinstance(weights, str | Path) else weights
     backbone, num_classes = original_layout(state_dict)
     if class_names is None:
         coco = coco_80_class_names()
@@ -165,7 +165,9 @@ def load_original_yolact(
     return model.eval()
 
 
-def _read(path: str | Path) -> dict[str, Tensor]:
+def read_original_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in a file saved by the original YOLACT / YolactEdge code (a plain
+    ``torch.save`` of a state dict); a clear CheckpointError naming the file otherwise."""
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
