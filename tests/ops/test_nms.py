@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from pansight.ops.nms import batched_box_iou, fast_nms, per_class_nms, standard_nms
+from pansight.ops.nms import fast_nms, overlaps_above, per_class_nms, standard_nms
 
 # Three boxes in a row: A overlaps B (IoU 0.6), B overlaps C (IoU 0.6), A and C overlap less
 # (IoU 10/30 = 1/3). Widths 10 and shifts of 2.5 give these numbers on 10 x 1 boxes.
@@ -97,7 +97,12 @@ def test_no_candidates_gives_empty_results():
         per_class_nms("greedy", CHAIN, torch.ones(1, 4), 0.5, 200, 100)
 
 
-def test_batched_box_iou_is_box_iou_per_class():
-    boxes = torch.stack([CHAIN, CHAIN.flip(0)])
-    iou = batched_box_iou(boxes, boxes)
-    torch.testing.assert_close(iou[1], box_iou(CHAIN.flip(0), CHAIN.flip(0)))
+def test_overlaps_above_is_box_iou_above_the_threshold_per_class():
+    generator = torch.Generator().manual_seed(4)
+    corners = torch.rand(3, 50, 2, generator=generator) * 40
+    boxes = torch.cat([corners, corners + 5 + torch.rand(3, 50, 2, generator=generator) * 20], -1)
+    for threshold in (0.3, 0.5, 0.7):
+        expected = torch.stack([box_iou(per_class, per_class) > threshold for per_class in boxes])
+        assert torch.equal(overlaps_above(boxes, threshold), expected)
+    chain = CHAIN[None]  # IoU exactly 0.6 between neighbours: not above 0.6, above 0.59
+    assert not overlaps_above(chain, 0.6)[0, 0, 1] and overlaps_above(chain, 0.59)[0, 0, 1]

@@ -16,20 +16,25 @@ from torchvision.ops import batched_nms
 NMS_METHODS = ("fast", "standard")
 
 
-def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of ``(C, N, 4)`` and ``(C, M, 4)`` xyxy boxes, one matrix per leading index:
-    ``(C, N, M)`` (torchvision's ``box_iou`` formula, broadcast over ``C``)."""
-    areas1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    areas2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    top_left = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
-    sides = (bottom_right - top_left).clamp_(min=0)
-    intersection = sides[..., 0] * sides[..., 1]
-    return intersection / (areas1[:, :, None] + areas2[:, None, :] - intersection)
+def overlaps_above(boxes: Tensor, iou_threshold: float) -> Tensor:
+    """``(C, k, k)`` bool: whether the IoU of boxes ``i`` and ``j`` of ``(C, k, 4)`` xyxy boxes
+    exceeds ``iou_threshold``.
+
+    Tested without a division: ``inter / (area_i + area_j - inter) > t`` is
+    ``inter - t / (1 + t) * (area_i + area_j) > 0``, computed in place in a few passes.
+    """
+    x1, y1, x2, y2 = boxes.unbind(dim=-1)
+    scaled_areas = (x2 - x1) * (y2 - y1) * (iou_threshold / (1 + iou_threshold))
+    widths = torch.minimum(x2[:, :, None], x2[:, None, :])
+    widths.sub_(torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
+    heights = torch.minimum(y2[:, :, None], y2[:, None, :])
+    heights.sub_(torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+    excess = widths.mul_(heights).sub_(scaled_areas[:, :, None]).sub_(scaled_areas[:, None, :])
+    return excess > 0
 
 
-CHUNK_ELEMENTS = 1 << 17
-"""IoU entries Fast NMS computes at once: classes go through in groups whose ``(k, k)``
+CHUNK_ELEMENTS = 1 << 19
+"""Box pairs Fast NMS tests at once: classes go through in groups whose ``(k, k)`` pair
 matrices together stay this small, so the temporaries stay in the processor's cache (on a CPU
 this makes Fast NMS several times faster than one ``(C, k, k)`` pass)."""
 
@@ -41,8 +46,8 @@ def _unsuppressed(boxes: Tensor, iou_threshold: float) -> Tensor:
     group = max(1, CHUNK_ELEMENTS // max(1, boxes.shape[1] ** 2))
     keep = []
     for part in boxes.split(group):
-        iou = batched_box_iou(part, part).triu_(diagonal=1)
-        keep.append(iou.amax(dim=1) <= iou_threshold)
+        suppressed = overlaps_above(part, iou_threshold).triu_(diagonal=1).any(dim=1)
+        keep.append(~suppressed)
     return torch.cat(keep)
 
 
