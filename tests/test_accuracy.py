@@ -25,14 +25,18 @@ def test_localizer_reaches_90_percent_localization_accuracy(tmp_path):
     assert run.metrics["loc_accuracy"] >= 0.90
 
 
-def test_mask_rcnn_instance_accuracy(tmp_path):
+def test_mask_rcnn_reaches_070_mask_ap_within_fifteen_cpu_minutes(tmp_path, one_thread):
     """Mask R-CNN R18-FPN from scratch on the synthetic world's multi-object scenes with the
-    default recipe, 3000 iterations of 4 images. Measured: box AP 0.806, mask AP50 0.920,
-    mask AP 0.685 (the goal for mask AP is 0.70; small objects' masks hold it back)."""
-    run = pansight.train("instance", max_iters=3000, out=str(tmp_path))
+    default recipe (AdamW 1e-3, bfloat16 autocast, batches of 4), 1,800 iterations. Measured:
+    box AP 0.804, mask AP50 0.935, mask AP 0.705 in 14.4 processor-minutes."""
+    started = time.process_time()
+    run = pansight.train("instance", max_iters=1800, out=str(tmp_path))
+    minutes = (time.process_time() - started) / 60
+    print(f"Mask R-CNN mask AP {run.metrics['mask_AP']:.3f} in {minutes:.1f} CPU min")
     assert run.metrics["box_AP"] >= 0.75
     assert run.metrics["mask_AP50"] >= 0.90
-    assert run.metrics["mask_AP"] >= 0.65
+    assert run.metrics["mask_AP"] >= 0.70
+    assert minutes <= 15.0
 
 
 def test_yolact_reaches_085_mask_ap50_within_fifteen_cpu_minutes(tmp_path, one_thread):

@@ -10,7 +10,7 @@ from pansight.errors import ConfigError
 def test_task_defaults_apply_to_the_default_model():
     config, model_overrides = make_train_config("instance", {"model.min_size": 96})
     assert config.model == "mask_rcnn_r18_fpn"
-    assert (config.optimizer, config.lr, config.amp) == ("sgd", 0.02, False)
+    assert (config.optimizer, config.lr, config.batch_size) == ("adamw", 1e-3, 4)
     assert model_overrides == {"min_size": 96}
 
 
