@@ -73,3 +73,24 @@ def test_trainable_multiscale_matches_torchvision_with_and_without_gradients():
 
     with torch.no_grad():
         assert torch.equal(ours(levels, rois, shapes), reference(levels, rois, shapes))
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_inference_splits_rois_across_threads_and_returns_torchvision_tensor(mode):
+    generator = torch.Generator().manual_seed(2)
+    names = ["p2", "p3", "p4", "p5"]
+    levels = {
+        name: torch.randn(2, 4, 96 // 2**i, 128 // 2**i, generator=generator)
+        for i, name in enumerate(names, start=2)
+    }
+    rois = [random_boxes(90, 128, generator) * 2, random_boxes(7, 96, generator) * 2]
+    shapes = [(96, 128), (80, 120)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with mode():
+            expected = MultiScaleRoIAlign(names, 7, sampling_ratio=2)(levels, rois, shapes)
+            pooled = TrainableMultiScaleRoIAlign(names, 7, sampling_ratio=2)(levels, rois, shapes)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(pooled, expected)

@@ -9,12 +9,15 @@ backward is two dense matrix products instead of torchvision's serial per-sample
 dominates a CPU training step of Mask R-CNN on small images (``bench/roi_align.py`` measures it).
 
 The dense weights cost ``O(R * P * H)`` memory and ``O(R * C * P * H * W)`` time per level, so
-this path suits training at small input sizes; inference keeps torchvision's kernel.
+this path suits training at small input sizes; inference keeps torchvision's kernel, with the
+RoIs split across threads (:class:`TrainableMultiScaleRoIAlign`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -80,11 +83,24 @@ def fpn_levels(boxes: Tensor, min_level: int, max_level: int) -> Tensor:
     return levels.clamp(min_level, max_level).long()
 
 
-class TrainableMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """:class:`torchvision.ops.MultiScaleRoIAlign` whose features may need gradients.
+PARALLEL_MIN_ROIS = 64
+"""Fewest RoIs worth splitting across threads at inference."""
 
-    When gradients flow (training) it pools with :func:`separable_roi_align`; otherwise it is
-    torchvision's module unchanged. Both pick each RoI's level by the same FPN rule.
+
+@functools.cache
+def _roi_threads(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align")
+
+
+class TrainableMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """:class:`torchvision.ops.MultiScaleRoIAlign` whose features may need gradients, and
+    whose CPU inference uses every intra-op thread.
+
+    When gradients flow (training) it pools with :func:`separable_roi_align`. Otherwise it is
+    torchvision's module, but on a CPU with several threads (``torch.get_num_threads()``) the
+    RoIs are split into that many contiguous parts pooled at once on worker threads:
+    torchvision's CPU kernel runs on one thread. Every path picks each RoI's level by the same
+    FPN rule, and the split path returns exactly torchvision's tensor.
     """
 
     def forward(
@@ -94,9 +110,49 @@ class TrainableMultiScaleRoIAlign(MultiScaleRoIAlign):
         image_shapes: list[tuple[int, int]],
     ) -> Tensor:
         levels = [x[name] for name in self.featmap_names]
-        if not (torch.is_grad_enabled() and any(level.requires_grad for level in levels)):
+        if torch.is_grad_enabled() and any(level.requires_grad for level in levels):
+            return self._separable_forward(levels, boxes, image_shapes)
+        workers = torch.get_num_threads()
+        rois = sum(len(image_boxes) for image_boxes in boxes)
+        if levels[0].device.type != "cpu" or workers < 2 or rois < PARALLEL_MIN_ROIS:
             return super().forward(x, boxes, image_shapes)
-        return self._separable_forward(levels, boxes, image_shapes)
+        return self._parallel_forward(x, boxes, image_shapes, workers)
+
+    def _parallel_forward(
+        self,
+        x: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        workers: int,
+    ) -> Tensor:
+        """torchvision's pooling of ``workers`` contiguous parts of every image's RoIs, run at
+        once (the kernel releases the GIL), reassembled in the input order."""
+        splits = [image_boxes.tensor_split(workers) for image_boxes in boxes]
+        parts = [[split[k] for split in splits] for k in range(workers)]
+        inference = torch.is_inference_mode_enabled()
+        pool = _roi_threads(workers)
+        pending = [
+            pool.submit(self._pool_part, x, part, image_shapes, inference) for part in parts[1:]
+        ]
+        pooled = [super().forward(x, parts[0], image_shapes)]
+        pooled += [future.result() for future in pending]
+        per_image = [
+            result.split([len(image_boxes) for image_boxes in part])
+            for result, part in zip(pooled, parts)
+        ]
+        return torch.cat([per_image[k][i] for i in range(len(boxes)) for k in range(workers)])
+
+    def _pool_part(
+        self,
+        x: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        inference: bool,
+    ) -> Tensor:
+        """torchvision's pooling on a worker thread, in the caller's gradient mode (thread
+        local)."""
+        with torch.inference_mode(inference), torch.no_grad():
+            return super().forward(x, boxes, image_shapes)
 
     def _separable_forward(
         self, levels: list[Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
