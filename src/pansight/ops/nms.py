@@ -9,6 +9,8 @@ higher-scoring box suppress, which turns the sequential loop into a few matrix o
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
@@ -57,6 +59,26 @@ matrices together stay this small, so the temporaries stay in the processor's ca
 this makes Fast NMS several times faster than one ``(C, k, k)`` pass)."""
 
 
+_WORKSPACES = threading.local()
+
+
+def _workspace(
+    shape: tuple[int, int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """This thread's reusable Fast NMS buffers: ``(3, *shape)`` floats and ``shape`` bools.
+
+    Kept between calls (a few megabytes at most, one set per thread): a fresh allocation this
+    large is new memory on every call, and its page faults cost more than the NMS itself.
+    """
+    key = (shape, dtype, device)
+    cached = getattr(_WORKSPACES, "buffers", None)
+    if cached is None or cached[0] != key:
+        work = torch.empty((3, *shape), dtype=dtype, device=device)
+        above = torch.empty(shape, dtype=torch.bool, device=device)
+        cached = _WORKSPACES.buffers = (key, work, above)
+    return cached[1], cached[2]
+
+
 def _unsuppressed(boxes: Tensor, iou_threshold: float) -> Tensor:
     """Fast NMS's rule on ``(C, k, 4)`` boxes sorted by descending score within each class:
     ``(C, k)`` bool, true where no higher-scoring box of the class overlaps by more than
@@ -64,8 +86,7 @@ def _unsuppressed(boxes: Tensor, iou_threshold: float) -> Tensor:
     num_classes, k = boxes.shape[:2]
     group = min(num_classes, max(1, CHUNK_ELEMENTS // max(1, k * k)))
     coords = _coordinates(boxes, iou_threshold)
-    work = boxes.new_empty((3, group, k, k))
-    above = torch.empty((group, k, k), dtype=torch.bool, device=boxes.device)
+    work, above = _workspace((group, k, k), boxes.dtype, boxes.device)
     keep = []
     for start in range(0, num_classes, group):
         part = coords[:, start : start + group]

@@ -15,7 +15,6 @@ RoIs split across threads (:class:`TrainableMultiScaleRoIAlign`).
 
 from __future__ import annotations
 
-import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,11 +86,6 @@ PARALLEL_MIN_ROIS = 64
 """Fewest RoIs worth splitting across threads at inference."""
 
 
-@functools.cache
-def _roi_threads(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="roi_align")
-
-
 class TrainableMultiScaleRoIAlign(MultiScaleRoIAlign):
     """:class:`torchvision.ops.MultiScaleRoIAlign` whose features may need gradients, and
     whose CPU inference uses every intra-op thread.
@@ -130,12 +124,14 @@ class TrainableMultiScaleRoIAlign(MultiScaleRoIAlign):
         splits = [image_boxes.tensor_split(workers) for image_boxes in boxes]
         parts = [[split[k] for split in splits] for k in range(workers)]
         inference = torch.is_inference_mode_enabled()
-        pool = _roi_threads(workers)
-        pending = [
-            pool.submit(self._pool_part, x, part, image_shapes, inference) for part in parts[1:]
-        ]
-        pooled = [super().forward(x, parts[0], image_shapes)]
-        pooled += [future.result() for future in pending]
+        # Threads live for this call only: an OpenMP runtime keeps a thread team for every
+        # thread that ran a parallel op, and idle teams slow every later parallel op.
+        with ThreadPoolExecutor(max_workers=workers - 1) as pool:
+            pending = [
+                pool.submit(self._pool_part, x, part, image_shapes, inference) for part in parts[1:]
+            ]
+            pooled = [super().forward(x, parts[0], image_shapes)]
+            pooled += [future.result() for future in pending]
         per_image = [
             result.split([len(image_boxes) for image_boxes in part])
             for result, part in zip(pooled, parts)
