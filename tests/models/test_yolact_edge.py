@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_yolact_import import random_state_dict, reference_keys
+from checkpoint_layouts import random_state_dict, reference_keys
 from torch import nn
 
 from pansight.config import to_dict
