@@ -92,6 +92,22 @@ def test_detection_masks_get_one_colour_per_instance():
     assert torch.equal(picture[:, 100, 100], grey)
 
 
+def test_low_scoring_detections_are_left_out_of_pictures():
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 5:15, 5:15] = True
+    masks[1, 40:60, 40:60] = True
+    boxes = torch.tensor([[5.0, 5.0, 15.0, 15.0], [40.0, 40.0, 60.0, 60.0]])
+    detections = Detections(boxes, torch.tensor([0.9, 0.1]), torch.tensor([1, 2]), masks)
+    kept = detections.above(0.3)
+    assert kept.labels.tolist() == [1] and torch.equal(kept.masks, masks[:1])
+    picture = draw_result(grey_image(), detections, NAMES)
+    grey = enlarged_grey(picture)[:, 0, 0]
+    assert not torch.equal(picture[:, 30, 30], grey)
+    assert torch.equal(picture[:, 150, 150], grey)
+    everything = draw_result(grey_image(), detections, NAMES, min_score=0.0)
+    assert not torch.equal(everything[:, 150, 150], grey)
+
+
 def test_semantic_map_is_blended_with_class_colours_and_gets_a_legend():
     labels = torch.zeros(64, 64, dtype=torch.int64)
     labels[:, 32:] = 2

@@ -283,6 +283,13 @@ class Detections:
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
+    def above(self, min_score: float) -> Detections:
+        """The detections whose score is at least ``min_score``, in the same order."""
+        keep = self.scores >= min_score
+        masks = None if self.masks is None else self.masks[keep]
+        track_ids = None if self.track_ids is None else self.track_ids[keep]
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks, track_ids)
+
     def to_numpy(self) -> dict[str, Any]:
         fields = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
         fields |= {"masks": self.masks, "track_ids": self.track_ids}

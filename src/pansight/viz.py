@@ -83,18 +83,27 @@ def class_color(label: int) -> Color:
     return palette(label + 1)[label]
 
 
-def draw_result(image: Tensor, result: Result, class_names: list[str]) -> Tensor:
+DRAW_MIN_SCORE = 0.3
+"""Detections scoring below this are left out of pictures (they stay in the results)."""
+
+
+def draw_result(
+    image: Tensor, result: Result, class_names: list[str], min_score: float = DRAW_MIN_SCORE
+) -> Tensor:
     """Draw a model's result (in original-image pixels) over its image ``(3, H, W)`` in [0, 1].
 
     Classification: a caption with the class and score. Localization: its box and caption.
-    Detections: masks and boxes in one colour per instance (per track id when present) with
-    class-and-score captions. SemanticMap: class colours and a legend. PanopticMap: one colour
-    per segment (stuff in its class colour, things in shades of it) and a legend.
+    Detections scoring at least ``min_score``: masks and boxes in one colour per instance (per
+    track id when present) with class-and-score captions. SemanticMap: class colours and a
+    legend. PanopticMap: one colour per segment (stuff in its class colour, things in shades of
+    it) and a legend.
 
     Returns:
         ``(3, H', W')`` uint8, where ``H' = s * H`` (plus a legend strip) for the enlargement
         factor ``s`` (``1`` when the short side is already >= :data:`MIN_DRAW_SIDE`).
     """
+    if isinstance(result, Detections):
+        result = result.above(min_score)
     return _draw(image, result, class_names, show_scores=True)
 
 
