@@ -20,7 +20,6 @@ Two layouts exist: ``yolact_edge_vid`` (flow module and SPA) and ``yolact_edge_y
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from pansight.errors import CheckpointError
 from pansight.models.yolact_edge import YolactEdge
 from pansight.models.yolact_import import (
     coco_80_class_names,
+    load_renamed_strictly,
     original_layout,
     original_to_pansight_key,
     pansight_to_original_key,
@@ -131,25 +131,13 @@ def import_original_yolact_edge(model: YolactEdge, state_dict: Mapping[str, Tens
         CheckpointError: naming (by its original name) the first weight that is missing, has
             no place in the model, or has another shape than the model's.
     """
-    own = model.state_dict()
-    mapped: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
-        if re.match(r"^backbone\.layer\d", key):
-            continue
-        ours = original_edge_to_pansight_key(key)
-        if ours is None or ours not in own:
-            raise CheckpointError(f"original YolactEdge weight {key!r} has no place in the model")
-        if tuple(value.shape) != tuple(own[ours].shape):
-            raise CheckpointError(
-                f"original YolactEdge weight {key!r} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(own[ours].shape)}"
-            )
-        mapped[ours] = value
-    for key in own:
-        if key not in mapped:
-            original = pansight_to_original_edge_key(key)
-            raise CheckpointError(f"original YolactEdge state dict has no weight {original!r}")
-    model.load_state_dict(mapped, strict=True)
+    load_renamed_strictly(
+        model,
+        state_dict,
+        original_edge_to_pansight_key,
+        pansight_to_original_edge_key,
+        "YolactEdge",
+    )
 
 
 def load_original_yolact_edge(

@@ -22,12 +22,12 @@ label ``k - 1`` (for COCO the 80 categories in the original's order, which is
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pansight.errors import CheckpointError
 from pansight.models.rcnn_import import coco_class_names
@@ -111,25 +111,46 @@ def import_original_yolact(model: Yolact, state_dict: Mapping[str, Tensor]) -> N
         CheckpointError: naming (by its original name) the first weight that is missing, has
             no place in the model, or has another shape than the model's.
     """
+    load_renamed_strictly(
+        model, state_dict, original_to_pansight_key, pansight_to_original_key, "YOLACT"
+    )
+
+
+def load_renamed_strictly(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    to_ours: Callable[[str], str | None],
+    to_original: Callable[[str], str],
+    source: str,
+) -> None:
+    """Load a state dict with another naming into ``model``, every weight accounted for.
+
+    Keys ``backbone.layerN.*`` (stale copies in old original files) are skipped. ``to_ours``
+    renames an original key (``None``: no counterpart), ``to_original`` the other way, for
+    error messages; ``source`` names the format in them (``YOLACT``, ``YolactEdge``).
+
+    Raises:
+        CheckpointError: naming (by its original name) the first weight that is missing, has
+            no place in the model, or has another shape than the model's.
+    """
     own = model.state_dict()
     mapped: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if re.match(r"^backbone\.layer\d", key):
             continue
-        ours = original_to_pansight_key(key)
+        ours = to_ours(key)
         if ours is None or ours not in own:
-            raise CheckpointError(f"original YOLACT weight {key!r} has no place in the model")
+            raise CheckpointError(f"original {source} weight {key!r} has no place in the model")
         if tuple(value.shape) != tuple(own[ours].shape):
             raise CheckpointError(
-                f"original YOLACT weight {key!r} has shape {tuple(value.shape)}, "
+                f"original {source} weight {key!r} has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(own[ours].shape)}"
             )
         mapped[ours] = value
     for key in own:
         if key not in mapped:
-            raise CheckpointError(
-                f"original YOLACT state dict has no weight {pansight_to_original_key(key)!r}"
-            )
+            missing = to_original(key)
+            raise CheckpointError(f"original {source} state dict has no weight {missing!r}")
     model.load_state_dict(mapped, strict=True)
 
 
