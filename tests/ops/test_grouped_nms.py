@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from pansight.ops import grouped_nms as grouped_nms_module
-from pansight.ops.grouped_nms import grouped_nms
+from pansight.ops.grouped_nms import best_after_grouped_nms, grouped_nms
 
 
 def test_groups_do_not_suppress_each_other(monkeypatch):
@@ -39,3 +39,23 @@ def test_same_indices_as_batched_nms(count):
     assert torch.equal(got, expected)
     if count > 1000:
         assert 0 < len(got) < count
+
+
+@pytest.mark.parametrize(
+    ("count", "keep"), [(0, 10), (50, 100), (6000, 100), (6000, 1), (3000, 5000)]
+)
+def test_best_after_nms_are_the_first_of_full_nms(count, keep):
+    """Distinct scores: the best ``keep`` survivors are exactly the first ``keep`` of full NMS,
+    also when the first look at ``4 * keep`` boxes is too short and must grow."""
+    boxes, _, labels = _clustered_boxes(count, groups=20, seed=count + keep)
+    scores = torch.rand(count, generator=torch.Generator().manual_seed(keep))
+    expected = batched_nms(boxes, scores, labels, 0.5)[:keep]
+    got = best_after_grouped_nms(boxes, scores, labels, 0.5, keep, first_look=1)
+    assert torch.equal(got, expected)
+
+
+def test_best_after_nms_with_tied_scores_matches_full_nms():
+    boxes, scores, labels = _clustered_boxes(3000, groups=20, seed=5)
+    assert len(scores.unique()) < len(scores)
+    expected = batched_nms(boxes, scores, labels, 0.5)[:100]
+    assert torch.equal(best_after_grouped_nms(boxes, scores, labels, 0.5, 100), expected)

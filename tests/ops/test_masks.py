@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from pansight.ops.masks import paste_masks, upsample_above
+from pansight.ops.masks import paste_masks, paste_masks_above, upsample_above
 
 
 def test_paste_matches_torchvision_per_detection_loop():
@@ -23,6 +23,25 @@ def test_paste_matches_torchvision_per_detection_loop():
     reference = paste_masks_in_image(masks[:, None], boxes, (48, 64), padding=1)[:, 0]
     assert ours.shape == (6, 48, 64)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_paste_above_equals_full_paste_thresholded():
+    """Boxes inside, partly and wholly outside the image, and smaller than a pixel: pasting only
+    inside the boxes gives the full paste's thresholded masks."""
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.rand(40, 28, 28, generator=generator)
+    corners = torch.rand(40, 2, generator=generator) * 100 - 20
+    sizes = torch.rand(40, 2, generator=generator) * 50
+    boxes = torch.cat([corners, corners + sizes], dim=1)
+    boxes[0] = torch.tensor([70.0, 10.0, 90.0, 20.0])  # wholly right of the image
+    boxes[1] = torch.tensor([-30.0, -30.0, -10.0, -5.0])  # wholly above and left
+    boxes[2] = torch.tensor([10.0, 10.0, 10.4, 10.2])  # smaller than a pixel
+    for threshold in (0.0, 0.5):
+        expected = paste_masks(masks, boxes, (48, 64)) > threshold
+        assert torch.equal(paste_masks_above(masks, boxes, (48, 64), threshold), expected)
+    assert paste_masks_above(masks[:0], boxes[:0], (5, 7), 0.5).shape == (0, 5, 7)
+    with pytest.raises(ValueError, match="threshold"):
+        paste_masks_above(masks, boxes, (48, 64), -0.1)
 
 
 def test_paste_no_detections():

@@ -43,7 +43,7 @@ from pansight.models.roi_heads import (
 from pansight.models.rpn import RPNHead, select_proposals
 from pansight.ops.anchors import AnchorGenerator
 from pansight.ops.boxes import BoxCoder
-from pansight.ops.masks import paste_masks
+from pansight.ops.masks import paste_masks_above
 from pansight.ops.roi_align import TrainableMultiScaleRoIAlign
 from pansight.structures import Detections, ImageBatch, Size, Target
 
@@ -178,13 +178,19 @@ class MaskRCNN(PansightModel):
 
         ``targets`` (input frame) are required in training mode and ignored otherwise.
         """
+        p_levels = self.pyramid_levels(self.backbone_levels(batch))
+        return self.forward_heads(p_levels, batch, targets)
+
+    def forward_heads(
+        self, p_levels: dict[str, Tensor], batch: ImageBatch, targets: list[Target] | None = None
+    ) -> RCNNOutputs:
+        """Steps 5-9 (RPN to the box and mask branches) on the pyramid ``p2..p6`` of
+        ``batch``: :meth:`forward` after the FPN, for models that also read the pyramid."""
         matching = None
         if self.training:
             matching = matching_targets(
                 targets, self.num_classes, self.config.with_masks, self.device
             )
-        c_levels = self.backbone_levels(batch)
-        p_levels = self.pyramid_levels(c_levels)
         objectness, deltas, anchors, level_sizes = self.rpn_per_level(p_levels, batch)
         proposal_boxes = self.decode_anchors(deltas, anchors)
         proposals = self.nms_proposals(proposal_boxes, objectness, level_sizes, batch)
@@ -347,8 +353,9 @@ class MaskRCNN(PansightModel):
         masks = torch.empty((len(boxes), *image_size), dtype=torch.bool, device=boxes.device)
         for start in range(0, len(boxes), PASTE_CHUNK):
             chunk = slice(start, start + PASTE_CHUNK)
-            pasted = paste_masks(probabilities[chunk], boxes[chunk], image_size)
-            masks[chunk] = pasted > self.config.mask_threshold
+            masks[chunk] = paste_masks_above(
+                probabilities[chunk], boxes[chunk], image_size, self.config.mask_threshold
+            )
         return masks
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
 from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
-from pansight.ops.grouped_nms import grouped_nms
+from pansight.ops.grouped_nms import best_after_grouped_nms
 
 SMOOTH_L1_BETA = 1.0 / 9
 MIN_DETECTION_SIDE = 1e-2
@@ -56,7 +56,8 @@ class TwoMLPHead(nn.Module):
         self.fc7 = nn.Linear(hidden, hidden)
 
     def forward(self, roi_features: Tensor) -> Tensor:
-        return F.relu(self.fc7(F.relu(self.fc6(roi_features.flatten(1)))))
+        hidden = F.relu(self.fc6(roi_features.flatten(1)), inplace=True)
+        return F.relu(self.fc7(hidden), inplace=True)
 
 
 class ConvFCHead(nn.Module):
@@ -72,8 +73,8 @@ class ConvFCHead(nn.Module):
 
     def forward(self, roi_features: Tensor) -> Tensor:
         for conv, norm in zip(self.convs, self.norms):
-            roi_features = F.relu(norm(conv(roi_features)))
-        return F.relu(self.fc(roi_features.flatten(1)))
+            roi_features = F.relu(norm(conv(roi_features)), inplace=True)
+        return F.relu(self.fc(roi_features.flatten(1)), inplace=True)
 
 
 def build_box_head(
@@ -108,7 +109,7 @@ class MaskHead(nn.Module):
 
     def forward(self, roi_features: Tensor) -> Tensor:
         for conv, norm in zip(self.convs, self.norms):
-            roi_features = F.relu(norm(conv(roi_features)))
+            roi_features = F.relu(norm(conv(roi_features)), inplace=True)
         return roi_features
 
 
@@ -124,7 +125,7 @@ class MaskPredictor(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, mask_features: Tensor) -> Tensor:
-        return self.mask_fcn_logits(F.relu(self.conv5_mask(mask_features)))
+        return self.mask_fcn_logits(F.relu(self.conv5_mask(mask_features), inplace=True))
 
 
 def sample_proposals(
@@ -247,8 +248,10 @@ def select_detections(
         scores = scores[:, 1:].reshape(-1)
         keep = torch.nonzero(scores > score_thresh).flatten()
         keep = keep[remove_small_boxes(boxes[keep], MIN_DETECTION_SIDE)]
-        kept = grouped_nms(boxes[keep], scores[keep], labels[keep], nms_thresh)
-        keep = keep[kept[:detections_per_img]]
+        kept = best_after_grouped_nms(
+            boxes[keep], scores[keep], labels[keep], nms_thresh, detections_per_img
+        )
+        keep = keep[kept]
         all_boxes.append(boxes[keep])
         all_scores.append(scores[keep])
         all_labels.append(labels[keep])

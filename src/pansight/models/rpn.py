@@ -45,9 +45,9 @@ class RPNHead(nn.Module):
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         objectness, deltas = [], []
         for level in features:
-            hidden = F.relu(self.conv(level))
+            hidden = F.relu(self.conv(level), inplace=True)
             for conv in self.extra_convs:
-                hidden = F.relu(conv(hidden))
+                hidden = F.relu(conv(hidden), inplace=True)
             logits, level_deltas = self.cls_logits(hidden), self.bbox_pred(hidden)
             batch, anchors, height, width = logits.shape
             objectness.append(logits.permute(0, 2, 3, 1).reshape(batch, -1))

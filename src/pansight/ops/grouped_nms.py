@@ -37,3 +37,46 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
         keep[members[nms(boxes[members], scores[members], iou_threshold)]] = True
     kept = torch.nonzero(keep).flatten()
     return kept[scores[kept].sort(descending=True).indices]
+
+
+def best_after_grouped_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    count: int,
+    first_look: int = 4,
+) -> Tensor:
+    """``grouped_nms(boxes, scores, groups, iou_threshold)[:count]``, looking at as few boxes as
+    it needs.
+
+    Whether NMS keeps a box depends only on the boxes scored above it, so NMS over the ``m``
+    best-scored boxes keeps exactly those of them that NMS over all boxes keeps. Starting with
+    ``m = first_look * count`` and doubling ``m`` until ``count`` boxes survive (or every box is
+    in) therefore gives the ``count`` best survivors exactly, usually after one NMS over a few
+    hundred boxes instead of tens of thousands. Exactly tied scores among the ``m + 1`` best
+    make the order NMS sees them in matter, so then NMS runs over all boxes, as
+    :func:`grouped_nms` would.
+
+    Args:
+        boxes: ``(N, 4)`` xyxy boxes.
+        scores: ``(N,)`` scores.
+        groups: ``(N,)`` int64 group of each box.
+        iou_threshold: boxes overlapping a better box of their group by more are dropped.
+        count: how many survivors to return at most.
+        first_look: the first ``m`` is this many times ``count``.
+
+    Returns:
+        ``(K,)`` int64 indices of the ``K <= count`` best kept boxes, by decreasing score.
+    """
+    sorted_scores, by_score = scores.sort(descending=True)
+    look = max(count, 1) * first_look
+    while True:
+        window = sorted_scores[: look + 1]
+        if bool((window[1:] == window[:-1]).any()):
+            return grouped_nms(boxes, scores, groups, iou_threshold)[:count]
+        prefix = by_score[:look]
+        kept = prefix[grouped_nms(boxes[prefix], scores[prefix], groups[prefix], iou_threshold)]
+        if len(kept) >= count or look >= len(by_score):
+            return kept[:count]
+        look *= 2

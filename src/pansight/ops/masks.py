@@ -49,6 +49,54 @@ def paste_masks(
     return rows @ masks @ cols.transpose(1, 2)
 
 
+def paste_masks_above(
+    masks: Tensor, boxes: Tensor, image_size: tuple[int, int], threshold: float, padding: int = 1
+) -> Tensor:
+    """``paste_masks(masks, boxes, image_size, padding) > threshold``, computed only inside the
+    boxes.
+
+    A pasted mask is zero outside its (grown, whole-pixel) box, so with ``threshold >= 0`` only
+    the pixels of the box can be true: each mask is resampled onto its box's pixels alone, with
+    one batched product over the largest box, and written into the ``(N, H, W)`` result.
+
+    Args:
+        masks: ``(N, M, M)`` float masks.
+        boxes: ``(N, 4)`` xyxy boxes in the pixels of the target image.
+        image_size: ``(H, W)`` of the target image.
+        threshold: a value ``>= 0``; pasted values above it are true.
+        padding: zero border added around every mask before pasting.
+
+    Returns:
+        ``(N, H, W)`` bool masks.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    height, width = image_size
+    count = masks.shape[0]
+    result = torch.zeros((count, height, width), dtype=torch.bool, device=masks.device)
+    if count == 0:
+        return result
+    masks = torch.nn.functional.pad(masks.float(), (padding,) * 4)
+    side = masks.shape[-1]
+    pixel_boxes = expand_boxes(boxes.float(), side / (side - 2 * padding)).long()
+    rows = _pixels_in_box(pixel_boxes[:, 1], pixel_boxes[:, 3], height)
+    cols = _pixels_in_box(pixel_boxes[:, 0], pixel_boxes[:, 2], width)
+    row_weights = _box_weights(pixel_boxes[:, 1], pixel_boxes[:, 3], rows, side)
+    col_weights = _box_weights(pixel_boxes[:, 0], pixel_boxes[:, 2], cols, side)
+    values = row_weights @ masks @ col_weights.transpose(1, 2)
+    flat_index = rows[:, :, None] * width + cols[:, None, :]
+    result.view(count, -1).scatter_(1, flat_index.flatten(1), (values > threshold).flatten(1))
+    return result
+
+
+def _pixels_in_box(starts: Tensor, ends: Tensor, length: int) -> Tensor:
+    """``(N, n)`` pixels ``starts..ends`` (inclusive) of each box clipped to ``0..length-1``,
+    padded as :func:`_padded_run` does (a box wholly outside gets one pixel of zero weight)."""
+    first = starts.clamp(0, length - 1)
+    count = (ends.clamp(max=length - 1) - starts.clamp(min=0) + 1).clamp(min=0)
+    return _padded_run(first, count, length)
+
+
 def upsample_above(masks: Tensor, image_size: tuple[int, int], threshold: float) -> Tensor:
     """``F.interpolate(masks[None], image_size, mode="bilinear") > threshold``, computed only
     where it can be true.
@@ -134,15 +182,22 @@ def _padded_run(first: Tensor, count: Tensor, length: int) -> Tensor:
 
 def _resize_weights(starts: Tensor, ends: Tensor, source: int, length: int) -> Tensor:
     """``(N, length, source)`` bilinear weights mapping ``source`` samples onto pixels
-    ``starts..ends`` (inclusive) of a ``length``-pixel line; rows outside are zero.
+    ``starts..ends`` (inclusive) of a ``length``-pixel line; rows outside are zero."""
+    pixels = torch.arange(length, device=starts.device).expand(len(starts), length)
+    return _box_weights(starts, ends, pixels, source)
+
+
+def _box_weights(starts: Tensor, ends: Tensor, pixels: Tensor, source: int) -> Tensor:
+    """``(N, n, source)`` bilinear weights mapping ``source`` samples onto the box
+    ``starts..ends`` (inclusive) of a line, at the ``(N, n)`` line ``pixels``; pixels outside
+    the box get zero weights.
 
     Follows ``F.interpolate(mode="bilinear", align_corners=False)``: output pixel ``u`` reads
     source coordinate ``(u + 0.5) * source / extent - 0.5``, clamped at 0, between its two
     neighbouring samples (the last sample repeats past the end).
     """
     extent = (ends - starts + 1).clamp(min=1)
-    pixels = torch.arange(length, device=starts.device)
-    offsets = pixels[None, :] - starts[:, None]  # (N, length): position inside the box
+    offsets = pixels - starts[:, None]  # (N, n): position inside the box
     inside = (offsets >= 0) & (offsets < extent[:, None])
     scale = source / extent.float()
     coords = ((offsets.float() + 0.5) * scale[:, None] - 0.5).clamp(min=0)
@@ -150,7 +205,7 @@ def _resize_weights(starts: Tensor, ends: Tensor, source: int, length: int) -> T
     upper = (lower + 1).clamp(max=source - 1)
     upper_weight = (coords - lower.float()) * inside
     lower_weight = (1 - (coords - lower.float())) * inside
-    weights = torch.zeros(starts.shape[0], length, source, device=starts.device)
+    weights = torch.zeros(*pixels.shape, source, device=starts.device)
     weights.scatter_add_(2, lower[..., None], lower_weight[..., None])
     weights.scatter_add_(2, upper[..., None], upper_weight[..., None])
     return weights
