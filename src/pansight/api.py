@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pansight.config import TASKS, DataConfig, TrainConfig, apply_overrides, from_dict
-from pansight.errors import ConfigError
+from pansight.errors import CheckpointError, ConfigError
 from pansight.models.base import PansightModel
 
 DEFAULT_MODELS = {
@@ -25,6 +25,7 @@ DEFAULT_MODELS = {
     "detect": "faster_rcnn_r18_fpn",
     "instance": "mask_rcnn_r18_fpn",
     "semantic": "fcn8s_r18",
+    "panoptic": "panoptic_fpn_r18",
 }
 """The model each task trains when no ``model=`` is given."""
 
@@ -48,6 +49,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 64},
     "detect": {**RCNN_DEFAULTS},
     "instance": {**RCNN_DEFAULTS},
+    "panoptic": {**RCNN_DEFAULTS},
     "semantic": {
         "optimizer": "adamw",
         "lr": 4e-3,
@@ -138,7 +140,10 @@ def train(task: str, **overrides: Any) -> TrainRun:
     seed_everything(config.seed)
     train_set = build_dataset(config.data, "train", task)
     val_set = build_dataset(config.data, "val", task)
-    model = build_model(config.model, train_set.class_names, model_overrides)
+    class_names, label_fields = model_label_space(train_set, task)
+    model = build_model(config.model, class_names, {**model_overrides, **label_fields})
+    if config.init:
+        load_initial_weights(model, config.model, config.init)
     trainer = Trainer(
         config,
         model,
@@ -148,6 +153,43 @@ def train(task: str, **overrides: Any) -> TrainRun:
     )
     metrics = trainer.fit()
     return TrainRun(model.eval(), metrics, Path(config.out))
+
+
+def load_initial_weights(model: PansightModel, model_name: str, path: str | Path) -> None:
+    """Load the weights of the pansight checkpoint ``path`` into ``model`` (built as
+    ``model_name``), strictly.
+
+    Raises:
+        CheckpointError: the checkpoint holds another model or other classes, or its weights
+            do not fit.
+    """
+    from pansight.engine.checkpoint import load_checkpoint
+    from pansight.models.zoo import load_state_dict_strictly
+
+    payload = load_checkpoint(path)
+    found = (payload.get("model_name"), payload.get("class_names"))
+    if found != (model_name, model.class_names):
+        raise CheckpointError(
+            f"{path}: init checkpoint holds model {found[0]!r} with classes {found[1]}; this run "
+            f"trains {model_name!r} with classes {model.class_names}"
+        )
+    try:
+        load_state_dict_strictly(model, payload["state_dict"])
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+
+
+def model_label_space(dataset: Any, task: str) -> tuple[list[str], dict[str, Any]]:
+    """The class names a ``task`` model of ``dataset`` labels with, and the model-config
+    fields they fix.
+
+    Panoptic models label segments in the data set's semantic label space (things and stuff)
+    and are told which classes are things (``thing_flags``); other models use ``class_names``.
+    """
+    if task == "panoptic":
+        flags = tuple(bool(flag) for flag in dataset.thing_flags)
+        return list(dataset.semantic_class_names), {"thing_flags": flags}
+    return list(dataset.class_names), {}
 
 
 RUN_FILES = ("last.pt", "model.pt", "metrics.jsonl")
@@ -208,9 +250,52 @@ def evaluate(
         trained_on = dataclasses.replace(trained_on, name=data)
     data_config = apply_overrides(trained_on, data_overrides)
     dataset = build_dataset(data_config, split, model.task)
-    if list(dataset.class_names) != model.class_names:
+    data_class_names, _ = model_label_space(dataset, model.task)
+    if data_class_names != model.class_names:
         raise ConfigError(
-            f"data set {data_config.name!r} has classes {list(dataset.class_names)}, "
+            f"data set {data_config.name!r} has classes {data_class_names}, "
             f"the model was trained on {model.class_names}"
         )
     return evaluate_model(model, dataset, batch_size, progress=progress)
+
+
+def evaluate_video(
+    model: PansightModel | str | Path,
+    data: str | DataConfig | None = None,
+    split: str = "val",
+    keyframe_interval: int | None = None,
+    progress: bool = True,
+    **data_overrides: Any,
+) -> dict[str, float]:
+    """Video mask AP (``mask_AP``, ``mask_AP50``, ``mask_AP75``) of an instance model (or
+    checkpoint path) on the clips of ``data`` (``shapes_video`` or ``youtube_vis``; see
+    :func:`pansight.data.factory.build_clips`). A YolactEdge takes a keyframe every
+    ``keyframe_interval`` frames (``None``: its own setting; ``1``: every frame).
+
+    ``data`` defaults to the synthetic world's clips at the image size the checkpoint was
+    trained on; a string sets its ``name``, ``data_overrides`` its other fields.
+    """
+    from pansight.data.factory import build_clips
+    from pansight.engine.checkpoint import load_checkpoint
+    from pansight.engine.video_evaluator import evaluate_video as evaluate_clips
+    from pansight.models.zoo import model_from_checkpoint
+
+    trained_on = DataConfig()
+    if not isinstance(model, PansightModel):
+        payload = load_checkpoint(model)
+        trained_on = from_dict(DataConfig, payload.get("train_config", {}).get("data", {}))
+        model = model_from_checkpoint(payload).eval()
+    if model.task != "instance":
+        raise ConfigError(f"video mask AP needs an instance model, not a {model.task} model")
+    if isinstance(data, DataConfig):
+        data_config = data
+    else:
+        data_config = dataclasses.replace(trained_on, name=data or "shapes_video")
+    data_config = apply_overrides(data_config, data_overrides)
+    clips = build_clips(data_config, split)
+    if list(clips.class_names) != model.class_names:
+        raise ConfigError(
+            f"data set {data_config.name!r} has classes {list(clips.class_names)}, "
+            f"the model was trained on {model.class_names}"
+        )
+    return evaluate_clips(model, clips, keyframe_interval, progress)

@@ -25,6 +25,8 @@ EPILOG = """examples:
   pansight predict runs/sem/model.pt photo.png --channels
   pansight train instance model=yolact_r18 out=runs/yolact
   pansight predict runs/yolact/model.pt photo.png --show-prototypes
+  pansight predict runs/yolact/model.pt clip.mp4 --out runs/video
+  pansight predict runs/yolact/model.pt frames/ --video --fps 30
   pansight data write --out data/shapes --mode multi
   pansight demo
 """
@@ -63,13 +65,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="data overrides")
     evaluate.add_argument("--split", default="val", choices=("train", "val"))
     evaluate.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    evaluate.add_argument(
+        "--video",
+        action="store_true",
+        help="video mask AP on whole clips (data=shapes_video or youtube_vis)",
+    )
+    evaluate.add_argument(
+        "--keyframe-interval",
+        type=int,
+        help="with --video: a YolactEdge keyframe every N frames (1: every frame)",
+    )
     evaluate.set_defaults(handler=run_eval)
 
-    predict = commands.add_parser("predict", help="run a checkpoint on images")
+    predict = commands.add_parser("predict", help="run a checkpoint on images or videos")
     predict.add_argument("checkpoint", type=Path)
-    predict.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="image files or folders; or video files (by suffix) and, with --video, folders of "
+        "frames: each clip gives OUT/<name>.mp4 and OUT/<name>.json",
+    )
     predict.add_argument("--out", type=Path, default=Path("runs/predict"))
     predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--video",
+        action="store_true",
+        help="read each folder named as one video clip, its images the frames in name order",
+    )
+    predict.add_argument(
+        "--fps", type=float, help="frame rate of output videos (default: the input's, else 25)"
+    )
     predict.add_argument(
         "--channels",
         action="store_true",
@@ -126,7 +152,18 @@ def run_eval(args: argparse.Namespace) -> int:
     overrides = parse_key_values(args.overrides)
     data = overrides.pop("data", None)
     overrides = {key.removeprefix("data."): value for key, value in overrides.items()}
-    metrics = evaluate(args.checkpoint, data=data, split=args.split, **overrides)
+    if args.video:
+        from pansight.api import evaluate_video
+
+        metrics = evaluate_video(
+            args.checkpoint,
+            data=data,
+            split=args.split,
+            keyframe_interval=args.keyframe_interval,
+            **overrides,
+        )
+    else:
+        metrics = evaluate(args.checkpoint, data=data, split=args.split, **overrides)
     _print_metrics(metrics)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +173,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from pansight.predict import predict_files
+    from pansight.video import is_video_file
 
+    if args.video or any(is_video_file(path) for path in args.inputs):
+        return run_predict_videos(args)
     written = predict_files(
         args.checkpoint,
         args.inputs,
@@ -146,6 +186,27 @@ def run_predict(args: argparse.Namespace) -> int:
         prototypes=args.show_prototypes,
     )
     print(f"wrote {len(written)} pictures and {args.out / 'results.json'}")
+    return 0
+
+
+def run_predict_videos(args: argparse.Namespace) -> int:
+    from pansight.predict import predict_videos
+
+    if args.channels or args.show_prototypes:
+        option = "--channels" if args.channels else "--show-prototypes"
+        raise ConfigError(f"{option} applies to images, not to videos")
+    if args.fps is not None and args.fps <= 0:
+        raise ConfigError(f"--fps {args.fps} must be positive")
+    written = predict_videos(
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        args.batch_size,
+        fps=args.fps,
+        frame_folders=args.video,
+    )
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -85,6 +85,9 @@ class TrainConfig:
         workers: data-loader worker processes.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: a checkpoint to continue from exactly, or ``""``.
+        init: a pansight checkpoint of the same model and classes whose weights the run starts
+            from (a new run: schedule and optimizer start afresh), or ``""``. For staged
+            training, e.g. YolactEdge's flow stage after its image stage.
         overwrite: start afresh in an ``out`` folder that already holds a run (its checkpoints
             and logs are replaced); without it such a run is refused so nothing is lost.
     """
@@ -112,6 +115,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     resume: str = ""
+    init: str = ""
     overwrite: bool = False
 
     def __post_init__(self) -> None:

@@ -2,24 +2,41 @@
 
 A COCO panoptic PNG stores in every pixel the id of its segment as ``R + 256 G + 256^2 B``
 (``0``: void). The panoptic JSON lists, per image, the PNG's ``file_name`` and each segment's
-``id``, ``category_id``, ``area``, ``bbox`` (``xywh`` pixel extents) and ``iscrowd``.
-The data set reading these files is :class:`pansight.data.coco.CocoPanoptic`.
+``id``, ``category_id``, ``area``, ``bbox`` (``xywh`` pixel extents) and ``iscrowd``; its
+``categories`` say which are things (``isthing``). Prediction files have the same layout (only
+``annotations`` is needed; ``area``, ``bbox`` and ``iscrowd`` are optional).
+
+This module writes maps (:func:`write_panoptic`) and reads any such JSON and its PNGs into
+:class:`~pansight.structures.PanopticMap` (:func:`load_panoptic_json`,
+:func:`read_panoptic_record`), as the panoptic metric does. The data set reading these files with
+their images is :class:`pansight.data.coco.CocoPanoptic`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from pansight.data.coco_format import (
+    check_category,
+    is_int,
+    load_json,
+    parse_categories,
+    require_keys,
+    require_list,
+)
 from pansight.errors import DataError
-from pansight.structures import PanopticMap
+from pansight.structures import PanopticMap, Segment
 
 MAX_SEGMENT_ID = 256**3 - 1
+RECORD_KEYS = ("image_id", "file_name", "segments_info")
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
@@ -90,3 +107,126 @@ def write_panoptic(
             }
         )
     return {"image_id": image_id, "file_name": png_path.name, "segments_info": segments}
+
+
+@dataclass(frozen=True)
+class PanopticCategories:
+    """The categories of a panoptic JSON in id order; a segment's label is its category's position.
+
+    Attributes:
+        names: category names; category_ids: their ids; thing_flags: their ``isthing``.
+    """
+
+    names: list[str]
+    category_ids: list[int]
+    thing_flags: list[bool]
+
+    @property
+    def label_of(self) -> dict[int, int]:
+        """``category id -> label``."""
+        return {category_id: label for label, category_id in enumerate(self.category_ids)}
+
+
+@dataclass
+class PanopticJson:
+    """A checked panoptic JSON (ground truth or predictions).
+
+    Attributes:
+        path: the file.
+        categories: the categories its segments' ``category_id`` refer to.
+        records: the ``annotations`` records by ``image_id``.
+    """
+
+    path: Path
+    categories: PanopticCategories
+    records: dict[int, dict[str, Any]]
+
+
+def load_panoptic_json(
+    path: str | Path, categories: PanopticCategories | None = None
+) -> PanopticJson:
+    """Read and check a COCO panoptic JSON.
+
+    Args:
+        path: the file; it needs ``annotations`` (``image_id``, ``file_name``, ``segments_info``
+            with ``id`` and ``category_id`` per segment), and ``categories`` (``id``, ``name``,
+            ``isthing``) unless ``categories`` is given.
+        categories: the categories to check segments against (a prediction file takes those of
+            its ground truth); ``None``: the file's own.
+
+    Raises:
+        DataError: naming the file and the record at fault.
+    """
+    path = Path(path)
+    own_categories = categories is None
+    data = load_json(path, ("annotations", "categories") if own_categories else ("annotations",))
+    if own_categories:
+        listed = parse_categories(path, data["categories"], ("id", "name", "isthing"))
+        categories = PanopticCategories(
+            [category["name"] for category in listed],
+            [category["id"] for category in listed],
+            [bool(category["isthing"]) for category in listed],
+        )
+    records: dict[int, dict[str, Any]] = {}
+    label_of = categories.label_of
+    for position, record in enumerate(require_list(path, data, "annotations")):
+        require_keys(path, record, RECORD_KEYS, f"annotations[{position}]")
+        where = f"{path}: annotation of image {record['image_id']}"
+        if record["image_id"] in records:
+            raise DataError(f"{where}: the image has two annotation records")
+        _check_segments(path, record, where, label_of)
+        records[record["image_id"]] = record
+    return PanopticJson(path, categories, records)
+
+
+def _check_segments(path: Path, record: dict[str, Any], where: str, label_of: dict) -> None:
+    """Each segment of ``record`` has a positive, unique integer id and a known category."""
+    seen = set()
+    for segment in require_list(path, record, "segments_info"):
+        require_keys(path, segment, ("id", "category_id"), f"{where}: a segment")
+        if not is_int(segment["id"]) or segment["id"] <= 0 or segment["id"] in seen:
+            raise DataError(f"{where}: segment id {segment['id']!r} is invalid or repeated")
+        check_category(f"{where}: segment {segment['id']}", segment["category_id"], label_of)
+        seen.add(segment["id"])
+
+
+def read_panoptic_record(
+    record: dict[str, Any], png_dir: str | Path, categories: PanopticCategories
+) -> PanopticMap:
+    """The map of one checked annotation record (see :func:`load_panoptic_json`) and its PNG.
+
+    Segment areas are counted on the PNG; listed segments without pixels are left out.
+
+    Returns:
+        ``ids`` ``(H, W)`` int64 from the PNG; segments labelled by category position, with
+        ``is_thing`` from the categories and ``iscrowd`` from the record (default ``0``).
+
+    Raises:
+        DataError: naming the PNG: missing, corrupt, or with pixels of unlisted segment ids.
+    """
+    png_path = Path(png_dir) / record["file_name"]
+    ids = read_panoptic_png(png_path)
+    present, areas = np.unique(ids, return_counts=True)
+    area_of = dict(zip(present.tolist(), areas.tolist()))
+    listed = {segment["id"] for segment in record["segments_info"]}
+    unlisted = set(area_of) - listed - {0}
+    if unlisted:
+        raise DataError(
+            f"{png_path}: segment ids {sorted(unlisted)[:5]} are not listed for image "
+            f"{record['image_id']}"
+        )
+    label_of = categories.label_of
+    segments = []
+    for segment in record["segments_info"]:
+        if segment["id"] in area_of:
+            label = label_of[segment["category_id"]]
+            segments.append(
+                Segment(
+                    segment["id"],
+                    label,
+                    categories.thing_flags[label],
+                    area_of[segment["id"]],
+                    iscrowd=bool(segment.get("iscrowd", 0)),
+                )
+            )
+    return PanopticMap(torch.from_numpy(ids), segments)

@@ -7,6 +7,12 @@
 - ``coco``: ``root/annotations/*.json`` with images in ``root/images/<split>/``; detect,
   instance, semantic, panoptic.
 - ``labels``: PNG label masks (:mod:`pansight.data.label_folders`); semantic.
+- ``shapes_video``: clips of the synthetic world (:mod:`pansight.data.shapes_video`); instance.
+  Training samples are frame pairs (a keyframe and a later frame, for video models such as
+  YolactEdge); validation samples are the frames of whole clips. :func:`build_clips` gives
+  whole clips for video evaluation.
+- ``youtube_vis``: YouTube-VIS annotations (:mod:`pansight.data.youtube_vis`); video evaluation
+  only (:func:`build_clips`).
 
 For ``semantic``, a data set with richer targets is seen through
 :class:`~pansight.data.label_folders.SemanticView`: its classes are the semantic label space.
@@ -30,7 +36,11 @@ DATASET_TASKS = {
     "folder": ("classify",),
     "coco": ("detect", "instance", "semantic", "panoptic"),
     "labels": ("semantic",),
+    "shapes_video": ("instance",),
+    "youtube_vis": (),
 }
+VAL_CLIP_FRAMES = 10
+"""Frames per validation clip of ``shapes_video``."""
 SINGLE_OBJECT_TASKS = ("classify", "localize")
 
 
@@ -48,6 +58,11 @@ def build_dataset(data: DataConfig, split: str, task: str) -> Dataset:
         )
     if split not in ("train", "val"):
         raise ConfigError(f"split={split!r} is unknown; choose train or val")
+    if not DATASET_TASKS[data.name]:
+        raise ConfigError(
+            f"data.name={data.name!r} holds video clips for video evaluation only "
+            "(pansight eval CHECKPOINT --video)"
+        )
     if task not in DATASET_TASKS[data.name]:
         raise ConfigError(
             f"data.name={data.name!r} cannot serve task={task!r}; "
@@ -55,6 +70,8 @@ def build_dataset(data: DataConfig, split: str, task: str) -> Dataset:
         )
     if data.name == "shapes":
         return _shapes(data, split, task)
+    if data.name == "shapes_video":
+        return _shapes_video(data, split)
     if data.name == "digits":
         return DigitsDataset(split, val_fraction=data.val_fraction, seed=data.seed)
     root = _root(data)
@@ -68,9 +85,9 @@ def build_dataset(data: DataConfig, split: str, task: str) -> Dataset:
 def wrap_for_training(dataset: Dataset, task: str, data: DataConfig, seed: int) -> Dataset:
     """``dataset`` with seeded training augmentation if ``data.augment``, else ``dataset``.
 
-    Digits are not mirrored (a mirrored digit is not that digit).
+    Digits are not mirrored (a mirrored digit is not that digit); frame pairs are not augmented.
     """
-    if not data.augment:
+    if not data.augment or data.name == "shapes_video":
         return dataset
     transform = train_augment(task, horizontal_flip=data.name != "digits")
     return SeededAugment(dataset, transform, seed, task)
@@ -94,6 +111,43 @@ def _shapes(data: DataConfig, split: str, task: str) -> Dataset:
         seed=data.seed,
     )
     return SemanticView(dataset) if task == "semantic" else dataset
+
+
+def _shapes_video(data: DataConfig, split: str) -> Dataset:
+    """``num_train`` frame pairs for training; ``num_val`` frames of whole clips to validate."""
+    from pansight.data.shapes_video import ShapesFramePairs, ShapesVideoFrames
+
+    if split == "train":
+        return ShapesFramePairs(split, data.num_train, image_size=data.image_size, seed=data.seed)
+    return ShapesVideoFrames(build_clips(data, split))
+
+
+def build_clips(data: DataConfig, split: str) -> Dataset:
+    """Whole video clips (items: lists of ``(image, target)`` frames with ``track_ids``) for
+    video evaluation: ``shapes_video`` (``num_val // VAL_CLIP_FRAMES`` clips of
+    ``VAL_CLIP_FRAMES`` frames for ``val``, likewise ``num_train`` for ``train``) or
+    ``youtube_vis`` (``root/<split>/instances.json`` with frames under
+    ``root/<split>/JPEGImages/``, as :func:`~pansight.data.youtube_vis.write_youtube_vis`
+    writes them)."""
+    if data.name == "shapes_video":
+        from pansight.data.shapes_video import ShapesVideoDataset
+
+        count = data.num_train if split == "train" else data.num_val
+        return ShapesVideoDataset(
+            split,
+            num_clips=max(1, count // VAL_CLIP_FRAMES),
+            num_frames=VAL_CLIP_FRAMES,
+            image_size=data.image_size,
+            seed=data.seed,
+        )
+    if data.name == "youtube_vis":
+        from pansight.data.youtube_vis import YouTubeVIS
+
+        root = _root(data) / split
+        return YouTubeVIS(_existing(root / "instances.json"), _existing(root / "JPEGImages"))
+    raise ConfigError(
+        f"data.name={data.name!r} holds no video clips; use shapes_video or youtube_vis"
+    )
 
 
 def _root(data: DataConfig) -> Path:

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -159,3 +160,65 @@ class ShapesVideoDataset(WorldLabels, Dataset):
             split=self.split,
             max_objects=self.max_objects,
         )
+
+
+class ShapesFramePairs(WorldLabels, Dataset):
+    """Training pairs for a video model: ``num_pairs`` clips, each giving its first frame (the
+    keyframe) and the frame ``1 + index % max_offset`` frames later.
+
+    Each item is ``(pair, target)``: ``pair`` ``(2, 3, H, W)`` holds the keyframe and the later
+    frame, ``target`` describes the later frame.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        num_pairs: int = 100,
+        max_offset: int = 4,
+        image_size: int | Size = 64,
+        seed: int = 0,
+        max_objects: int = 4,
+    ) -> None:
+        check_options("multi", image_size, max_objects)
+        if num_pairs < 0 or max_offset < 1:
+            raise ConfigError(
+                f"num_pairs={num_pairs} must not be negative and max_offset={max_offset} "
+                "must be at least 1"
+            )
+        self.split, self.num_pairs, self.max_offset = split, num_pairs, max_offset
+        self.image_size, self.seed, self.max_objects = image_size, seed, max_objects
+
+    def __len__(self) -> int:
+        return self.num_pairs
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        if not 0 <= index < self.num_pairs:
+            raise IndexError(f"index {index} is out of range for {self.num_pairs} pairs")
+        offset = 1 + index % self.max_offset
+        clip = render_clip(
+            index,
+            num_frames=offset + 1,
+            image_size=self.image_size,
+            seed=self.seed,
+            split=self.split,
+            max_objects=self.max_objects,
+        )
+        (keyframe, _), (frame, target) = clip[0], clip[-1]
+        return torch.stack([keyframe, frame]), target
+
+
+class ShapesVideoFrames(WorldLabels, Dataset):
+    """Every frame of ``num_clips`` clips as single ``(image, target)`` samples, clip after
+    clip (for image-level evaluation of a video model)."""
+
+    def __init__(self, clips: ShapesVideoDataset) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips) * self.clips.num_frames
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is out of range for {len(self)} frames")
+        clip, frame = divmod(index, self.clips.num_frames)
+        return self.clips[clip][frame]

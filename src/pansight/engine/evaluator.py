@@ -37,7 +37,8 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, float]:
     """The metrics of ``model.task`` (see :func:`pansight.metrics.build_metric`) on ``dataset``."""
-    metric = build_metric(model.task, model.class_names)
+    thing_flags = getattr(model.config, "thing_flags", None)
+    metric = build_metric(model.task, model.class_names, thing_flags)
     for _, targets, results in iterate_predictions(model, dataset, batch_size, workers, progress):
         metric.update(results, targets)
     return metric.compute()

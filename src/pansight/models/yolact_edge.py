@@ -16,10 +16,19 @@ A video is processed frame by frame with a :class:`StreamState`.
 
 The layout and rules follow the original's ``yolact_edge_vid`` configuration: flow warping
 of ``P4``/``P5`` only (``warp_layers="P4P5"``), one flow per level (``flow_layer="each"``), scale
-and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalised SPA. The flow module is
-trained apart (:meth:`YolactEdge.transfer_features` gives what a feature-distance loss needs);
-``forward`` and the losses are YOLACT's (every training image is a keyframe). Checkpoints of the
+and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalised SPA. Checkpoints of the
 original implementation are read by :mod:`pansight.models.yolact_edge_import`.
+
+Training has three stages (``train_stage``), as the original's:
+
+- ``image``: YOLACT's losses on single images (every image is a keyframe);
+- ``flow``: on pairs of frames of a clip (:class:`FramePairBatch`), only the flow module and SPA
+  learn, self-supervised: the distance between the frame's features transferred from the
+  keyframe and those computed fully on the frame (:func:`feature_distance`);
+- ``video``: on pairs of frames, YOLACT's losses on the transferred non-keyframe features,
+  fine-tuning the flow module, SPA, FPN, protonet and head (the ResNet stays as it is).
+
+In the ``flow`` and ``video`` stages the ResNet's batch norms keep their statistics.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from pansight.errors import ConfigError
+from pansight.errors import ConfigError, DataError
 from pansight.models.feature_flow import (
     SPA,
     FlowEstimate,
@@ -41,7 +51,11 @@ from pansight.models.feature_flow import (
 )
 from pansight.models.yolact import Yolact, YolactConfig, YolactOutputs
 from pansight.models.yolact_head import merge_top_down
-from pansight.structures import Detections, ImageBatch
+from pansight.structures import Detections, ImageBatch, Target
+
+TRAIN_STAGES = ("image", "flow", "video")
+FLOW_MODULES = ("flow_reduce", "flow_net", "spa")
+"""The submodules the ``flow`` training stage trains."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +71,21 @@ class YolactEdgeConfig(YolactConfig):
         with_spa: refine the warped ``p4``/``p5`` with the ``c3`` lateral (needs ``with_flow``).
         flow_channels: ``E``: the ``c3`` laterals are reduced to ``E`` channels; the flow
             encoder has ``E``, ``2E`` and ``4E`` channels at strides 1, 2 and 4 of ``c3``.
+        train_stage: what training teaches (see the module docstring): ``image``, ``flow`` or
+            ``video``.
+        scene_cut_threshold: a frame whose colour histogram differs from the keyframe's by more
+            than this (total variation distance, ``0..1``; :func:`colour_histograms`) is a new
+            scene and becomes a keyframe (``0`` turns the check off). On the synthetic world's
+            clips frames of one clip differ by at most 0.1 and frames of different clips by
+            0.3 or more.
     """
 
     keyframe_interval: int = 5
     with_flow: bool = True
     with_spa: bool = True
     flow_channels: int = 64
+    train_stage: str = "image"
+    scene_cut_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +95,27 @@ class YolactEdgeConfig(YolactConfig):
             raise ConfigError(f"flow_channels={self.flow_channels} must be at least 1")
         if self.with_spa and not self.with_flow:
             raise ConfigError("with_spa=true needs with_flow=true (SPA refines warped features)")
+        if self.train_stage not in TRAIN_STAGES:
+            raise ConfigError(
+                f"train_stage={self.train_stage!r} is unknown; choose one of "
+                + ", ".join(TRAIN_STAGES)
+            )
+        if self.train_stage != "image" and not self.with_flow:
+            raise ConfigError(f"train_stage={self.train_stage!r} needs with_flow=true")
+
+
+HISTOGRAM_BINS = 8
+"""Bins per colour channel of the histograms compared to detect scene cuts."""
+
+
+def colour_histograms(images: Tensor) -> Tensor:
+    """``(B, 3, H, W)`` images in ``[0, 1]`` -> ``(B, HISTOGRAM_BINS ** 3)`` joint RGB
+    histograms, each summing to 1."""
+    bins = HISTOGRAM_BINS
+    levels = (images.float().clamp(0, 1) * bins).long().clamp(max=bins - 1)
+    codes = (levels[:, 0] * bins + levels[:, 1]) * bins + levels[:, 2]
+    counts = torch.stack([torch.bincount(code.flatten(), minlength=bins**3) for code in codes])
+    return counts.float() / counts.sum(dim=1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -82,11 +126,32 @@ class KeyframeFeatures:
         c3_lateral: ``(B, C, H/8, W/8)`` lateral 1x1 conv of ``c3``.
         p4: ``(B, C, H/16, W/16)`` FPN phase-1 ``p4`` (top-down sum before its 3x3 conv).
         p5: ``(B, C, H/32, W/32)`` FPN phase-1 ``p5``.
+        histograms: ``(B, HISTOGRAM_BINS ** 3)`` :func:`colour_histograms` of the keyframes.
+        reduced_c3: ``flow_reduce(c3_lateral)`` ``(B, E, H/8, W/8)`` once a non-keyframe has
+            computed it (inference only), else ``None``.
     """
 
     c3_lateral: Tensor
     p4: Tensor
     p5: Tensor
+    histograms: Tensor
+    reduced_c3: Tensor | None = None
+
+
+@dataclass
+class FramePairBatch:
+    """Training pairs of video frames: each frame beside an earlier keyframe of its clip.
+
+    Attributes:
+        keyframes: the keyframes, preprocessed.
+        frames: the later frames (the ones the targets describe), preprocessed.
+    """
+
+    keyframes: ImageBatch
+    frames: ImageBatch
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
 
 @dataclass(frozen=True)
@@ -148,6 +213,70 @@ class YolactEdge(Yolact):
         if config.with_spa:
             self.spa = SPA(channels)
             init_flow_weights(self.spa)
+        self.freeze_for_stage()
+
+    # -- training stages -------------------------------------------------------------------
+
+    def freeze_for_stage(self) -> None:
+        """Stop gradients to what ``train_stage`` keeps fixed: everything but the flow module
+        and SPA for ``flow``, the ResNet for ``video``."""
+        stage = self.config.train_stage
+        if stage == "flow":
+            for name, child in self.named_children():
+                child.requires_grad_(name in FLOW_MODULES)
+        elif stage == "video":
+            self.body.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> YolactEdge:
+        """As ``nn.Module.train``, but the ResNet's batch norms keep their statistics outside
+        the ``image`` stage."""
+        super().train(mode)
+        if self.config.train_stage != "image":
+            self.body.eval()
+        return self
+
+    def preprocess(
+        self, images: list[Tensor], targets: list[Target] | None = None
+    ) -> tuple[ImageBatch | FramePairBatch, list[Target] | None]:
+        """YOLACT's preprocessing of ``(3, h, w)`` images; ``(2, 3, h, w)`` frame pairs
+        (keyframe, frame; targets describe the frame) give a :class:`FramePairBatch`."""
+        if not any(image.dim() == 4 for image in images):
+            return super().preprocess(images, targets)
+        for index, pair in enumerate(images):
+            if pair.dim() != 4 or pair.shape[0] != 2:
+                raise DataError(
+                    f"sample {index} has shape {tuple(pair.shape)}; a batch of frame pairs "
+                    "needs (2, 3, H, W) for every sample"
+                )
+        keyframes, _ = super().preprocess([pair[0] for pair in images])
+        frames, targets = super().preprocess([pair[1] for pair in images], targets)
+        return FramePairBatch(keyframes, frames), targets
+
+    def forward(
+        self, batch: ImageBatch | FramePairBatch, targets: list[Target] | None = None
+    ) -> YolactOutputs | FeatureTransfer:
+        """YOLACT's forward for an :class:`ImageBatch`. For a :class:`FramePairBatch`: the
+        :class:`FeatureTransfer` in the ``flow`` stage, otherwise the frames' outputs from
+        features transferred from their keyframes (no gradient reaches the keyframe path)."""
+        if isinstance(batch, ImageBatch):
+            return super().forward(batch, targets)
+        if self.config.train_stage == "flow":
+            return self.transfer_features(batch.keyframes, batch.frames)
+        with torch.no_grad():
+            _, keyframe = self.keyframe_top_down(batch.keyframes)
+        top_down, _ = self.transferred_top_down(batch.frames, keyframe)
+        return self.outputs_from_levels(self.fpn.smooth(top_down))
+
+    def loss(
+        self, outputs: YolactOutputs | FeatureTransfer, targets: list[Target]
+    ) -> dict[str, Tensor]:
+        """YOLACT's losses, or ``{"feature"}`` (:func:`feature_distance`) for a
+        :class:`FeatureTransfer`."""
+        if isinstance(outputs, FeatureTransfer):
+            return {"feature": feature_distance(outputs)}
+        return super().loss(outputs, targets)
+
+    # -- video -----------------------------------------------------------------------------
 
     def forward_frame(
         self, batch: ImageBatch, state: StreamState | None = None, keyframe: bool | None = None
@@ -160,10 +289,11 @@ class YolactEdge(Yolact):
         """
         sizes = tuple((int(height), int(width)) for height, width in batch.original_sizes)
         next_index = 0 if state is None else state.frame_index + 1
-        if state is None or self.is_keyframe(state, sizes, keyframe):
+        if state is None or self.is_keyframe(state, sizes, keyframe, batch):
             top_down, features = self.keyframe_top_down(batch)
             state = StreamState(features, sizes, next_index, 0)
         else:
+            state = self.with_reduced_keyframe(state)
             top_down, _ = self.transferred_top_down(batch, state.keyframe)
             state = replace(
                 state, frame_index=next_index, frames_since_keyframe=state.frames_since_keyframe + 1
@@ -171,20 +301,41 @@ class YolactEdge(Yolact):
         return self.outputs_from_levels(self.fpn.smooth(top_down)), state
 
     def is_keyframe(
-        self, state: StreamState, frame_sizes: tuple[tuple[int, int], ...], requested: bool | None
+        self,
+        state: StreamState,
+        frame_sizes: tuple[tuple[int, int], ...],
+        requested: bool | None,
+        batch: ImageBatch,
     ) -> bool:
-        """Whether the frame after ``state`` with these original sizes runs the full path."""
+        """Whether ``batch``, the frame after ``state`` (with these original sizes), runs the
+        full path: always without the flow module, after a change of frame size and at a scene
+        cut (:meth:`is_scene_cut`); otherwise as ``requested``, or every
+        ``keyframe_interval`` frames."""
         if not self.config.with_flow or state.frame_sizes != frame_sizes:
+            return True
+        if self.is_scene_cut(state.keyframe, batch):
             return True
         if requested is not None:
             return requested
         return state.frames_since_keyframe + 1 >= self.config.keyframe_interval
 
+    def is_scene_cut(self, keyframe: KeyframeFeatures, batch: ImageBatch) -> bool:
+        """Whether the colour histogram of any image of ``batch`` is farther than
+        ``scene_cut_threshold`` (total variation distance) from its keyframe's."""
+        threshold = self.config.scene_cut_threshold
+        if threshold <= 0:
+            return False
+        distance = 0.5 * (colour_histograms(batch.tensor) - keyframe.histograms).abs().sum(dim=1)
+        return bool((distance > threshold).any())
+
     def keyframe_top_down(self, batch: ImageBatch) -> tuple[dict[str, Tensor], KeyframeFeatures]:
         """Full backbone and FPN phase 1: ``{"p3", "p4", "p5"}`` and what the state keeps."""
         top_down, c3_lateral = self.fpn.top_down(self.body(self.normalize(batch.tensor)))
         features = KeyframeFeatures(
-            c3_lateral.detach(), top_down["p4"].detach(), top_down["p5"].detach()
+            c3_lateral.detach(),
+            top_down["p4"].detach(),
+            top_down["p5"].detach(),
+            colour_histograms(batch.tensor),
         )
         return top_down, features
 
@@ -200,15 +351,24 @@ class YolactEdge(Yolact):
         if not self.config.with_flow:
             raise ConfigError("this YolactEdge has no flow module (with_flow=false)")
         c3_lateral = self.fpn.lateral("c3", self.c3_features(batch)).detach()
-        flows = self.flow_net(
-            self.flow_reduce(c3_lateral), self.flow_reduce(keyframe.c3_lateral), finest_flow
-        )
+        reduced_keyframe = keyframe.reduced_c3
+        if reduced_keyframe is None:
+            reduced_keyframe = self.flow_reduce(keyframe.c3_lateral)
+        flows = self.flow_net(self.flow_reduce(c3_lateral), reduced_keyframe, finest_flow)
         p4 = transfer(keyframe.p4, flows["p4"])
         p5 = transfer(keyframe.p5, flows["p5"])
         p3 = merge_top_down(p4, c3_lateral)
         if self.config.with_spa:
             p4, p5 = self.spa(c3_lateral, p4, p5)
         return {"p3": p3, "p4": p4, "p5": p5}, flows
+
+    def with_reduced_keyframe(self, state: StreamState) -> StreamState:
+        """``state`` whose keyframe keeps its reduced ``c3`` lateral, so that the frames after
+        it reduce only their own (without gradients only: training reduces both every time)."""
+        if state.keyframe.reduced_c3 is not None or torch.is_grad_enabled():
+            return state
+        reduced = self.flow_reduce(state.keyframe.c3_lateral)
+        return replace(state, keyframe=replace(state.keyframe, reduced_c3=reduced))
 
     def c3_features(self, batch: ImageBatch) -> Tensor:
         """The ResNet up to ``c3``: ``(B, C3, H/8, W/8)``."""
@@ -259,3 +419,12 @@ class YolactEdge(Yolact):
             detections, state = self.predict_video_frame(frame, state)
             results.append(detections)
         return results
+
+
+def feature_distance(transfer: FeatureTransfer) -> Tensor:
+    """The flow stage's loss: mean squared difference between the transferred and the fully
+    computed phase-1 features, summed over ``p3``, ``p4`` and ``p5``."""
+    return sum(
+        F.mse_loss(transfer.transferred[level].float(), transfer.reference[level].float())
+        for level in ("p3", "p4", "p5")
+    )

@@ -26,6 +26,7 @@ from pansight.models.classifier import Classifier, ClassifierConfig, import_torc
 from pansight.models.fcn import FCN, FCNConfig
 from pansight.models.fcn_import import import_torchvision_fcn
 from pansight.models.localizer import Localizer, LocalizerConfig
+from pansight.models.panoptic_fpn import PanopticFPN, PanopticFPNConfig
 from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig
 from pansight.models.rcnn_import import (
     BODY_KEY,
@@ -177,6 +178,20 @@ MODELS: dict[str, ModelEntry] = {
         "Mask R-CNN v2, ResNet-50 FPN, batch-normed heads (torchvision layout)",
         {"backbone": "resnet50", **RCNN_V2},
     ),
+    "panoptic_fpn_r18": ModelEntry(
+        "panoptic",
+        PanopticFPNConfig,
+        PanopticFPN,
+        "Panoptic FPN (Mask R-CNN + semantic FPN branch), ResNet-18, sized for small images",
+        {"backbone": "resnet18", **SMALL_RCNN},
+    ),
+    "panoptic_fpn_r50": ModelEntry(
+        "panoptic",
+        PanopticFPNConfig,
+        PanopticFPN,
+        "Panoptic FPN (Mask R-CNN + semantic FPN branch), ResNet-50 FPN",
+        {"backbone": "resnet50"},
+    ),
     "fcn32s_r18": ModelEntry(
         "semantic",
         FCNConfig,
@@ -251,6 +266,13 @@ MODELS: dict[str, ModelEntry] = {
         YolactEdge,
         "YolactEdge, ResNet-50 FPN, 550-pixel input (original yolact_edge_vid_resnet50 layout)",
         {"backbone": "resnet50"},
+    ),
+    "yolact_edge_r101": ModelEntry(
+        "instance",
+        YolactEdgeConfig,
+        YolactEdge,
+        "YolactEdge, ResNet-101 FPN, 550-pixel input (original yolact_edge_vid layout)",
+        {"backbone": "resnet101"},
     ),
 }
 

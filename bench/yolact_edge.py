@@ -1,0 +1,205 @@
+"""YolactEdge against YOLACT on video, on CPU: time per frame, keyframe and non-keyframe cost,
+and video mask AP.
+
+Latency: for each of ``yolact_edge_r50`` and ``yolact_edge_r101`` (550x550 input, COCO's 80
+class names) the bench builds the model with random weights (the recipe of ``bench/yolact.py``:
+batch-norm statistics of the clip, random batch-norm affine maps, head outputs scaled to a fixed
+spread) and a plain ``Yolact`` holding the same weights (all but the flow module and SPA). Both
+run through :func:`pansight.models.fuse.optimize_for_inference`'s copies on the same clip of
+``--frames`` synthetic-world frames (:func:`pansight.data.shapes_video.render_clip`, ``--size``
+pixels): YOLACT with ``predict`` on every frame, YolactEdge streaming the clip with
+``predict_video_frame`` and a keyframe every ``--interval`` frames. The two alternate ``--runs``
+times after a warm-up; each frame is timed on its own. The table gives the mean time per frame
+over the clip (median over runs) and YolactEdge's keyframe and non-keyframe times. Before timing,
+the keyframe path is checked to give YOLACT's detections on the first frame.
+
+Accuracy (with ``--checkpoint``, a trained YolactEdge, e.g. ``yolact_edge_r18`` trained on the
+synthetic world and then on its clips, see the README): video mask AP
+(:func:`pansight.engine.video_evaluator.evaluate_video`, YouTube-VIS style, detections linked by
+the IoU tracker) on ``--val-clips`` validation clips of ``--val-frames`` frames, with every frame
+a keyframe (YOLACT) and with a keyframe every ``--interval`` frames. ``ap_drop`` is YOLACT's
+mask AP minus YolactEdge's, in points. Without a checkpoint it is ``nan``.
+
+Usage: ``python bench/yolact_edge.py [--runs 3] [--frames 10] [--checkpoint model.pt]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+from yolact import YOLACT, randomise
+
+from pansight.data.shapes_video import ShapesVideoDataset, render_clip
+from pansight.engine.video_evaluator import evaluate_video
+from pansight.models.fuse import optimize_for_inference
+from pansight.models.yolact import Yolact
+from pansight.models.yolact_edge import YolactEdge
+from pansight.models.yolact_import import coco_80_class_names
+from pansight.models.zoo import build_model, load
+
+BACKBONES = {"r50": "yolact_edge_r50", "r101": "yolact_edge_r101"}
+FLOW_PREFIXES = ("flow_reduce.", "flow_net.", "spa.")
+"""State-dict prefixes of YolactEdge's own modules, which a plain YOLACT lacks."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed passes over the clip")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--frames", type=int, default=10, help="frames of the timed clip")
+    parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+    parser.add_argument("--interval", type=int, default=5, help="YolactEdge keyframe interval")
+    parser.add_argument(
+        "--backbones", nargs="+", choices=sorted(BACKBONES), default=["r50", "r101"]
+    )
+    parser.add_argument("--checkpoint", help="a trained YolactEdge for the mask AP comparison")
+    parser.add_argument("--val-clips", type=int, default=30, help="validation clips for AP")
+    parser.add_argument("--val-frames", type=int, default=10, help="frames per validation clip")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_pair(name: str, frames: list[Tensor], seed: int) -> tuple[Yolact, YolactEdge]:
+    """YOLACT and YolactEdge (zoo ``name``) with the same random weights, both optimised."""
+    class_names = coco_80_class_names()
+    edge = build_model(name, class_names).eval()
+    randomise(YOLACT, edge, frames[:2], seed)
+    plain = build_model(YOLACT, class_names, {"backbone": edge.config.backbone}).eval()
+    shared = {k: v for k, v in edge.state_dict().items() if not k.startswith(FLOW_PREFIXES)}
+    plain.load_state_dict(shared, strict=True)
+    return optimize_for_inference(plain), optimize_for_inference(edge)
+
+
+def check_keyframe_is_yolact(plain: Yolact, edge: YolactEdge, frame: Tensor) -> str:
+    """The first frame's detections by both models must agree (same count and labels, boxes
+    within a pixel)."""
+    (expected,) = plain.predict([frame])
+    got, _ = edge.predict_video_frame(frame)
+    same = (
+        len(got) == len(expected)
+        and torch.equal(got.labels, expected.labels)
+        and bool((got.boxes - expected.boxes).abs().max() <= 1.0 if len(got) else True)
+    )
+    if not same:
+        raise SystemExit("YolactEdge's keyframe path does not reproduce YOLACT's detections")
+    return f"keyframe path = YOLACT on frame 0 ({len(got)} detections)"
+
+
+def frame_times(
+    plain: Yolact, edge: YolactEdge, frames: list[Tensor], args: argparse.Namespace
+) -> dict[str, list[list[float]]]:
+    """Per run, the seconds of each frame for ``yolact`` and ``edge``, alternating runs."""
+    times: dict[str, list[list[float]]] = defaultdict(list)
+    for run in range(args.warmup + args.runs):
+        for name in ("yolact", "edge"):
+            per_frame, state = [], None
+            for index, frame in enumerate(frames):
+                start = time.perf_counter()
+                if name == "yolact":
+                    plain.predict([frame])
+                else:
+                    keyframe = index % args.interval == 0
+                    _, state = edge.predict_video_frame(frame, state, keyframe)
+                per_frame.append(time.perf_counter() - start)
+            if run >= args.warmup:
+                times[name].append(per_frame)
+    return times
+
+
+def latency_row(times: dict[str, list[list[float]]], interval: int) -> dict[str, float]:
+    """Median over runs of: mean seconds per frame of each model, and YolactEdge's mean
+    keyframe and non-keyframe seconds."""
+
+    def median_of(runs: list[list[float]], pick) -> float:
+        return statistics.median(statistics.mean(pick(run)) for run in runs)
+
+    return {
+        "yolact": median_of(times["yolact"], lambda run: run),
+        "edge": median_of(times["edge"], lambda run: run),
+        "keyframe": median_of(times["edge"], lambda run: run[::interval]),
+        "non-keyframe": median_of(
+            times["edge"], lambda run: [t for i, t in enumerate(run) if i % interval]
+        ),
+    }
+
+
+def video_ap(args: argparse.Namespace) -> dict[str, float]:
+    """Video mask AP of the checkpoint with every frame a keyframe and at ``--interval``."""
+    model = load(args.checkpoint).eval()
+    if not isinstance(model, YolactEdge):
+        raise SystemExit(f"{args.checkpoint}: not a YolactEdge checkpoint")
+    clips = ShapesVideoDataset(
+        "val", num_clips=args.val_clips, num_frames=args.val_frames, image_size=128, seed=args.seed
+    )
+    clips = [clips[index] for index in range(len(clips))]
+    every = evaluate_video(model, clips, keyframe_interval=1, progress=False)
+    edge = evaluate_video(model, clips, keyframe_interval=args.interval, progress=False)
+    return {
+        "yolact": every["mask_AP"],
+        "edge": edge["mask_AP"],
+        "yolact50": every["mask_AP50"],
+        "edge50": edge["mask_AP50"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    height, width = args.size
+    frames = [
+        image
+        for image, _ in render_clip(
+            args.seed, num_frames=args.frames, image_size=(height, width), split="val"
+        )
+    ]
+    rows, notes = {}, []
+    for backbone in args.backbones:
+        plain, edge = build_pair(BACKBONES[backbone], frames, args.seed)
+        notes.append(f"{backbone}: " + check_keyframe_is_yolact(plain, edge, frames[0]))
+        rows[backbone] = latency_row(frame_times(plain, edge, frames, args), args.interval)
+        del plain, edge
+    accuracy = video_ap(args) if args.checkpoint else None
+
+    print(
+        f"YolactEdge vs YOLACT, {args.frames} frames of {height}x{width} at 550x550, keyframe "
+        f"every {args.interval} frames, {args.threads} threads, median of {args.runs} runs"
+    )
+    print("\n".join(notes))
+    print(
+        f"{'backbone':<9} {'YOLACT ms/frame':>16} {'Edge ms/frame':>14} {'keyframe':>9} "
+        f"{'non-key':>8} {'edge/yolact':>12} {'speed-up':>9}"
+    )
+    ratios = {}
+    for backbone, row in rows.items():
+        ratio = row["edge"] / row["yolact"]
+        ratios[backbone] = ratio
+        print(
+            f"{backbone:<9} {1000 * row['yolact']:>16.0f} {1000 * row['edge']:>14.0f} "
+            f"{1000 * row['keyframe']:>9.0f} {1000 * row['non-keyframe']:>8.0f} "
+            f"{ratio:>12.3f} {1 / ratio:>8.2f}x"
+        )
+    drop = math.nan
+    if accuracy is not None:
+        drop = 100 * (accuracy["yolact"] - accuracy["edge"])
+        print(
+            f"video mask AP on {args.val_clips} validation clips of {args.val_frames} frames "
+            f"({args.checkpoint}): YOLACT (every frame a keyframe) {accuracy['yolact']:.3f} "
+            f"(AP50 {accuracy['yolact50']:.3f}), YolactEdge (interval {args.interval}) "
+            f"{accuracy['edge']:.3f} (AP50 {accuracy['edge50']:.3f})"
+        )
+    print(
+        "result: "
+        + " ".join(f"latency_ratio_{backbone}={ratio:.3f}" for backbone, ratio in ratios.items())
+        + f" ap_drop={drop:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
