@@ -4,7 +4,10 @@ and video mask AP.
 Latency: for each of ``yolact_edge_r50`` and ``yolact_edge_r101`` (550x550 input, COCO's 80
 class names) the bench builds the model with random weights (the recipe of ``bench/yolact.py``:
 batch-norm statistics of the clip, random batch-norm affine maps, head outputs scaled to a fixed
-spread) and a plain ``Yolact`` holding the same weights (all but the flow module and SPA). Both
+spread; the flow predictions and SPA's refinements zeroed, so that a non-keyframe carries the
+keyframe's features over unchanged and its detections are as many and as spread as a
+keyframe's, as with a trained flow module; zero weights cost the same time as any others) and a
+plain ``Yolact`` holding the same weights (all but the flow module and SPA). Both
 run through :func:`pansight.models.fuse.optimize_for_inference`'s copies on the same clip of
 ``--frames`` synthetic-world frames (:func:`pansight.data.shapes_video.render_clip`, ``--size``
 pixels): YOLACT with ``predict`` on every frame, YolactEdge streaming the clip with
@@ -71,10 +74,26 @@ def build_pair(name: str, frames: list[Tensor], seed: int) -> tuple[Yolact, Yola
     class_names = coco_80_class_names()
     edge = build_model(name, class_names).eval()
     randomise(YOLACT, edge, frames[:2], seed)
+    identity_transfer(edge)
     plain = build_model(YOLACT, class_names, {"backbone": edge.config.backbone}).eval()
     shared = {k: v for k, v in edge.state_dict().items() if not k.startswith(FLOW_PREFIXES)}
     plain.load_state_dict(shared, strict=True)
     return optimize_for_inference(plain), optimize_for_inference(edge)
+
+
+@torch.no_grad()
+def identity_transfer(edge: YolactEdge) -> None:
+    """Zero flow, unit scale, zero bias and zero SPA refinement: non-keyframes carry the
+    keyframe's ``p4``/``p5`` over unchanged (the flow module still runs in full)."""
+    predictions = (edge.flow_net.pred1, edge.flow_net.pred2, edge.flow_net.pred3)
+    for prediction in predictions:
+        for conv in (prediction.conv, prediction.scale, prediction.bias):
+            conv.weight.zero_()
+        prediction.scale.bias.fill_(1.0)
+        prediction.bias.bias.zero_()
+    for refine in edge.spa.refine_convs:
+        refine[0].weight.zero_()
+        refine[0].bias.zero_()
 
 
 def check_keyframe_is_yolact(plain: Yolact, edge: YolactEdge, frame: Tensor) -> str:

@@ -23,6 +23,7 @@ def test_demo_writes_pictures_and_summary(tmp_path, monkeypatch, capsys):
             Rung("localize", "localize", "localization", "loc_accuracy", tiny),
             Rung("instance", "instance", "instance (Mask R-CNN)", "mask_AP", rcnn),
             Rung("instance_yolact", "instance", "instance (YOLACT)", "mask_AP", yolact),
+            Rung("panoptic", "panoptic", "panoptic", "PQ", rcnn),
         ],
     )
     summary = demo.run_demo(tmp_path)
@@ -35,9 +36,14 @@ def test_demo_writes_pictures_and_summary(tmp_path, monkeypatch, capsys):
         width, height = comparison.size
     # two titled rows of four 128 px scenes, each drawn twice as large
     assert width > 4 * 256 and 2 * 256 < height < 3 * 256
+    with Image.open(tmp_path / "ladder.png") as ladder:
+        width, height = ladder.size
+    # one titled row: a panel per task (classify, localize, instance, panoptic), 256 px each
+    assert 4 * 256 <= width < 5 * 256 and 256 < height < 2 * 256
     assert (tmp_path / "instance_yolact" / "model.pt").exists()
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
-    assert list(summary) == ["classify", "localize", "instance", "instance_yolact"]
+    assert list(summary) == ["classify", "localize", "instance", "instance_yolact", "panoptic"]
+    assert 0.0 <= summary["panoptic"]["PQ"] <= 1.0
     assert 0.0 <= summary["localize"]["loc_accuracy"] <= 1.0
     assert 0.0 <= summary["instance"]["mask_AP"] <= 1.0
     assert 0.0 <= summary["instance_yolact"]["mask_AP"] <= 1.0

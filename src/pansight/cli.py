@@ -1,4 +1,4 @@
-"""The ``pansight`` command line: train | eval | predict | models | data | demo.
+"""The ``pansight`` command line: train | eval | predict | models | data | demo | serve.
 
 Every command prints errors a user can act on as one line (``error: FILE: problem``) and exits
 with status 2; nothing already written is lost.
@@ -29,6 +29,7 @@ EPILOG = """examples:
   pansight predict runs/yolact/model.pt frames/ --video --fps 30
   pansight data write --out data/shapes --mode multi
   pansight demo
+  pansight serve runs/sem/model.pt runs/yolact/model.pt --port 8000
 """
 
 
@@ -129,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--quick", action="store_true", help="a shorter run with fewer images")
     demo.set_defaults(handler=run_demo)
+
+    serve = commands.add_parser(
+        "serve", help="a local web page showing the results of checkpoints on an image"
+    )
+    serve.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--queue-size", type=int, default=8, help="waiting predictions at most")
+    serve.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload in MiB")
+    serve.set_defaults(handler=run_serve)
     return parser
 
 
@@ -240,6 +251,19 @@ def run_demo(args: argparse.Namespace) -> int:
     from pansight.demo import run_demo as demo
 
     demo(args.out, quick=args.quick)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from pansight.serve import ServeLimits, serve
+
+    if args.queue_size < 1 or args.max_upload_mb <= 0:
+        raise ConfigError("--queue-size must be at least 1 and --max-upload-mb positive")
+    limits = ServeLimits(
+        max_upload_bytes=int(args.max_upload_mb * 2**20), queue_size=args.queue_size
+    )
+    print(f"serving {len(args.checkpoints)} model(s) on http://{args.host}:{args.port}/")
+    serve(args.checkpoints, args.host, args.port, limits)
     return 0
 
 

@@ -3,8 +3,8 @@
 It draws the world's ground truth, then climbs the ladder: for each rung it trains a model for a
 few minutes, evaluates it on the validation split and draws its predictions. A task trained by
 two models (instance segmentation: Mask R-CNN and YOLACT) also gets a picture of both models'
-predictions on the same images. Everything lands under one folder; ``summary.json`` holds the
-metrics.
+predictions on the same images. It ends with the ladder figure: one image seen by every rung's
+model, side by side. Everything lands under one folder; ``summary.json`` holds the metrics.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def rungs(quick: bool) -> list[Rung]:
         Rung("semantic", "semantic", "semantic", "mIoU", semantic),
         Rung("instance", "instance", "instance (Mask R-CNN)", "mask_AP", rcnn),
         Rung("instance_yolact", "instance", "instance (YOLACT)", "mask_AP", yolact),
+        Rung("panoptic", "panoptic", "panoptic", "PQ", rcnn),
     ]
 
 
@@ -75,6 +76,7 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
         draw_predictions(run.model, out / f"{rung.name}_predictions.png")
         print(f"{rung.title}: {rung.headline} = {run.metrics[rung.headline]:.3f}", flush=True)
     draw_comparisons(ladder, models, out)
+    draw_ladder(ladder, models, out / "ladder.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary, ladder, out)
     return summary
@@ -131,6 +133,23 @@ def draw_comparison(
         ]
         rows.append(with_title(image_grid(pictures, ncol=count), title))
     save_png(image_grid(rows, ncol=1), path)
+
+
+def draw_ladder(
+    ladder: list[Rung], models: dict[str, PansightModel], path: Path, index: int = 0
+) -> None:
+    """``ladder.png``: one validation image with a single thing over stuff, seen by the first
+    model of every task, left to right from classification to panoptic, each panel titled."""
+    image, _ = ShapesDataset(split="val", mode="single", num_images=index + 1, image_size=128)[
+        index
+    ]
+    panels = []
+    for task in dict.fromkeys(rung.task for rung in ladder):
+        rung = next(rung for rung in ladder if rung.task == task)
+        model = models[rung.name]
+        (result,) = model.predict([image])
+        panels.append(with_title(draw_result(image, result, model.class_names), rung.title))
+    save_png(image_grid(panels, ncol=len(panels)), path)
 
 
 def print_summary(summary: dict[str, dict[str, float]], ladder: list[Rung], out: Path) -> None:
