@@ -13,11 +13,14 @@ import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pansight.config import TASKS, DataConfig, TrainConfig, apply_overrides, from_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models.base import PansightModel
+
+if TYPE_CHECKING:
+    from pansight.export import OnnxPredictor
 
 DEFAULT_MODELS = {
     "classify": "classifier_r18",
@@ -210,23 +213,29 @@ def prepare_run_folder(config: TrainConfig) -> None:
     shutil.rmtree(out / "tb", ignore_errors=True)
 
 
-def load(path: str | Path) -> PansightModel:
+def load(path: str | Path) -> PansightModel | OnnxPredictor:
     """A model from a pansight checkpoint (``model.pt`` or ``last.pt``), or from a torchvision
-    Faster/Mask R-CNN state dict (``.pth``), in eval mode."""
+    Faster/Mask R-CNN state dict (``.pth``), in eval mode; or, for a ``.onnx`` file that
+    ``pansight export`` wrote, an :class:`~pansight.export.OnnxPredictor` with the same
+    ``predict``, ``task`` and ``class_names``."""
     from pansight.models.zoo import load as load_checkpoint_model
 
+    if Path(path).suffix.lower() == ".onnx":
+        from pansight.export import load_onnx
+
+        return load_onnx(path)
     return load_checkpoint_model(path).eval()
 
 
 def evaluate(
-    model: PansightModel | str | Path,
+    model: PansightModel | OnnxPredictor | str | Path,
     data: str | DataConfig | None = None,
     split: str = "val",
     batch_size: int = 32,
     progress: bool = True,
     **data_overrides: Any,
 ) -> dict[str, float]:
-    """Metrics of a model (or checkpoint path) on a data set.
+    """Metrics of a model (or checkpoint or ONNX file path) on a data set.
 
     ``data`` defaults to the data set the checkpoint was trained on (the synthetic world for an
     in-memory model or torchvision weights); a string sets its ``name``, ``data_overrides`` its
@@ -235,12 +244,17 @@ def evaluate(
     from pansight.data.factory import build_dataset
     from pansight.engine.checkpoint import load_checkpoint
     from pansight.engine.evaluator import evaluate as evaluate_model
+    from pansight.export import OnnxPredictor, is_onnx_file
     from pansight.models.zoo import model_from_checkpoint, torchvision_rcnn_weights
 
     trained_on = DataConfig()
-    if not isinstance(model, PansightModel) and torchvision_rcnn_weights(model) is not None:
+    if is_onnx_file(model):
         model = load(model)
-    if not isinstance(model, PansightModel):
+    if isinstance(model, OnnxPredictor):
+        trained_on = model.trained_on
+    elif not isinstance(model, PansightModel) and torchvision_rcnn_weights(model) is not None:
+        model = load(model)
+    if not isinstance(model, PansightModel | OnnxPredictor):
         payload = load_checkpoint(model)
         trained_on = from_dict(DataConfig, payload.get("train_config", {}).get("data", {}))
         model = model_from_checkpoint(payload).eval()

@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(handler=run_predict)
 
+    export = commands.add_parser("export", help="export a checkpoint to ONNX")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="a dynamic batch axis (predict runs whole batches); default: one image per run",
+    )
+    export.add_argument("--out", type=Path, help="the file to write (default: CHECKPOINT.onnx)")
+    export.set_defaults(handler=run_export)
+
     models = commands.add_parser("models", help="list the models of each task")
     models.add_argument("task", nargs="?", choices=TASKS)
     models.set_defaults(handler=run_models)
@@ -218,6 +229,14 @@ def run_predict_videos(args: argparse.Namespace) -> int:
     )
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pansight.export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, dynamic=args.dynamic)
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,0 +1,91 @@
+"""What a pansight ONNX file says about itself, in the model's ``metadata_props``.
+
+Every value is a string; lists and dicts are JSON. The keys::
+
+    pansight.format        "pansight-onnx"
+    pansight.version       "1"
+    pansight.model_name    zoo name, e.g. "fcn8s_r18"
+    pansight.task          "classify" | "localize" | "semantic" | ...
+    pansight.class_names   JSON list, one name per contiguous label
+    pansight.model_config  JSON dict of the model's config dataclass
+    pansight.train_data    JSON dict of the DataConfig it was trained on ({} when unknown)
+
+With them a file alone rebuilds the predictor: the zoo entry named rebuilds the model's
+preprocessing and postprocessing, the graph holds the network and its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pansight.errors import CheckpointError
+
+FORMAT = "pansight-onnx"
+VERSION = 1
+PREFIX = "pansight."
+JSON_FIELDS = ("class_names", "model_config", "train_data")
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The pansight description of an exported graph.
+
+    Attributes:
+        model_name: the zoo entry the model was built from.
+        task: the model's task.
+        class_names: one name per contiguous label.
+        model_config: the model's config dataclass as a plain dict.
+        train_data: the :class:`~pansight.config.DataConfig` the model was trained on, as a
+            plain dict (empty when unknown); ``eval`` defaults to this data set.
+    """
+
+    model_name: str
+    task: str
+    class_names: list[str]
+    model_config: dict[str, Any]
+    train_data: dict[str, Any] = field(default_factory=dict)
+
+    def to_props(self) -> dict[str, str]:
+        """The ``metadata_props`` entries (key -> string value) describing this export."""
+        props = {f"{PREFIX}format": FORMAT, f"{PREFIX}version": str(VERSION)}
+        props[f"{PREFIX}model_name"] = self.model_name
+        props[f"{PREFIX}task"] = self.task
+        for name in JSON_FIELDS:
+            props[f"{PREFIX}{name}"] = json.dumps(getattr(self, name))
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], path: str | Path) -> ExportMetadata:
+        """Read the entries :meth:`to_props` wrote.
+
+        Raises:
+            CheckpointError: naming ``path``, if the file has no pansight metadata (not ours),
+                a newer version, or an entry that is missing or not valid JSON.
+        """
+        if props.get(f"{PREFIX}format") != FORMAT:
+            raise CheckpointError(
+                f"{path}: not a pansight ONNX file (no {PREFIX}format={FORMAT!r} metadata); "
+                "export one with `pansight export CHECKPOINT --format onnx`"
+            )
+        version_text = props.get(f"{PREFIX}version", "")
+        if not version_text.isdigit():
+            raise CheckpointError(f"{path}: pansight ONNX version {version_text!r} is not a number")
+        version = int(version_text)
+        if version > VERSION:
+            raise CheckpointError(
+                f"{path}: pansight ONNX version {version} is newer than this pansight reads "
+                f"({VERSION}); upgrade pansight"
+            )
+        values: dict[str, Any] = {}
+        for name in ("model_name", "task", *JSON_FIELDS):
+            key = f"{PREFIX}{name}"
+            if key not in props:
+                raise CheckpointError(f"{path}: pansight ONNX metadata lacks {key!r}")
+            try:
+                values[name] = json.loads(props[key]) if name in JSON_FIELDS else props[key]
+            except json.JSONDecodeError as error:
+                raise CheckpointError(f"{path}: metadata {key!r} is not JSON: {error}") from None
+        return cls(**values)

@@ -1,0 +1,188 @@
+"""Run an exported pansight ONNX file with onnxruntime, behind the eager model's interface.
+
+:class:`OnnxPredictor` has what users and the command line use of a model: ``task``,
+``class_names``, ``predict(images) -> list[Result]``, and the three steps ``preprocess``,
+``__call__`` (the graph) and ``postprocess``. Pre- and postprocessing are the eager model's
+own methods, called on a weightless copy of the model (built on the ``meta`` device from the
+file's metadata), so both backends resize and decode with the same code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+from torch import Tensor
+
+from pansight.config import DataConfig, from_dict
+from pansight.errors import CheckpointError, ConfigError
+from pansight.export.graph import INPUT_NAME, ExportSpec, export_spec
+from pansight.export.metadata import ExportMetadata
+from pansight.models.base import PansightModel
+from pansight.structures import ImageBatch, Result, Target
+
+ONNX_SUFFIX = ".onnx"
+
+
+def is_onnx_file(path: Any) -> bool:
+    """Whether ``path`` names an ONNX file (by its ``.onnx`` suffix)."""
+    return isinstance(path, str | Path) and Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+class OnnxPredictor:
+    """An exported model run by onnxruntime on the CPU.
+
+    Attributes:
+        path: the ONNX file.
+        metadata: its pansight metadata.
+        model: the eager model's structure without weights (on the ``meta`` device); only its
+            ``preprocess`` and ``postprocess`` are used.
+        session: the onnxruntime inference session.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        """Open ``path``; ``threads`` sets onnxruntime's intra-op threads (default: its own
+        choice, one per physical core).
+
+        Raises:
+            CheckpointError: naming ``path``, if it is missing, not ONNX, not a pansight export,
+                or describes a model this pansight cannot rebuild.
+        """
+        self.path = Path(path)
+        self.session = open_session(self.path, threads)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = ExportMetadata.from_props(props, self.path)
+        self.model = weightless_model(self.metadata, self.path)
+        try:
+            self.spec: ExportSpec = export_spec(type(self.model), self.metadata.model_name)
+        except ConfigError as error:
+            raise CheckpointError(f"{self.path}: {error}") from None
+        self._input_shape = self.session.get_inputs()[0].shape
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def trained_on(self) -> DataConfig:
+        """The data set the model was trained on (the synthetic world when unknown)."""
+        return from_dict(DataConfig, self.metadata.train_data)
+
+    @property
+    def batch_size(self) -> int | None:
+        """The batch size the graph takes, or ``None`` when its batch axis is dynamic."""
+        size = self._input_shape[0]
+        return size if isinstance(size, int) else None
+
+    def preprocess(
+        self, images: list[Tensor], targets: list[Target] | None = None
+    ) -> tuple[ImageBatch, list[Target] | None]:
+        """The eager model's ``preprocess`` (resize and pad as its config says)."""
+        return self.model.preprocess(images, targets)
+
+    def __call__(self, batch: ImageBatch) -> Any:
+        """The model's ``Outputs`` for ``batch`` (``(B, 3, H, W)`` preprocessed images).
+
+        A graph exported with a fixed batch runs its images in chunks of that size.
+
+        Raises:
+            ConfigError: the images' size differs from the one the graph was exported for.
+        """
+        images = batch.tensor.detach().float().cpu()
+        self._check_spatial_size(images)
+        chunk = self.batch_size or len(images)
+        runs = [self._run(images[start : start + chunk]) for start in range(0, len(images), chunk)]
+        fields = {
+            name: torch.cat([torch.from_numpy(run[index]) for run in runs])
+            for index, name in enumerate(self.spec.output_names)
+        }
+        return self.spec.outputs_cls(**fields)
+
+    def postprocess(self, outputs: Any, batch: ImageBatch, **options: Any) -> list[Result]:
+        """The eager model's ``postprocess`` (``options`` such as ``with_scores`` pass on)."""
+        return self.model.postprocess(outputs, batch, **options)
+
+    def predict(self, images: list[Tensor] | Tensor) -> list[Result]:
+        """Results for ``(3, h, w)`` images in ``[0, 1]`` (a list, or a ``(B, 3, H, W)`` tensor)."""
+        with torch.no_grad():
+            batch, _ = self.preprocess([image.cpu() for image in images])
+            return self.postprocess(self(batch), batch)
+
+    def _run(self, images: Tensor) -> list[np.ndarray]:
+        return self.session.run(list(self.spec.output_names), {INPUT_NAME: images.numpy()})
+
+    def _check_spatial_size(self, images: Tensor) -> None:
+        expected = tuple(self._input_shape[1:])
+        found = tuple(images.shape[1:])
+        if any(isinstance(e, int) and e != f for e, f in zip(expected, found)):
+            raise ConfigError(
+                f"{self.path}: the graph takes images of shape {expected}, preprocessing gave "
+                f"{found}; export the model again for this size"
+            )
+
+
+def open_session(path: Path, threads: int | None) -> onnxruntime.InferenceSession:
+    """An onnxruntime CPU session on ``path`` with ``threads`` intra-op threads (``None``: the
+    runtime's default).
+
+    Raises:
+        CheckpointError: naming ``path``, if it is missing or not an ONNX model.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads={threads} must be at least 1")
+        options.intra_op_num_threads = threads
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own types for unreadable models
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path}: cannot read the ONNX file: {reason}") from None
+
+
+def weightless_model(metadata: ExportMetadata, path: Path) -> PansightModel:
+    """The model ``metadata`` describes, built on the ``meta`` device (no weights in memory).
+
+    Raises:
+        CheckpointError: naming ``path``, for an unknown model name or a config that does not
+            fit it.
+    """
+    from pansight.models.zoo import MODELS
+
+    entry = MODELS.get(metadata.model_name)
+    if entry is None:
+        raise CheckpointError(
+            f"{path}: exported model {metadata.model_name!r} is unknown to this pansight"
+        )
+    try:
+        config = from_dict(entry.config_cls, metadata.model_config)
+    except ConfigError as error:
+        raise CheckpointError(
+            f"{path}: model_config does not fit {metadata.model_name}: {error}"
+        ) from None
+    with torch.device("meta"):
+        return entry.builder(config, list(metadata.class_names)).eval()
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> OnnxPredictor:
+    """The :class:`OnnxPredictor` of a pansight ONNX file."""
+    return OnnxPredictor(path, threads)
