@@ -222,3 +222,9 @@ def test_non_keyframes_reuse_the_reduced_keyframe_lateral():
     assert len(calls) == 3
     torch.testing.assert_close(cached.scores, fresh.scores)
     torch.testing.assert_close(cached.boxes, fresh.boxes)
+
+
+def test_histograms_of_large_images_count_a_grid_of_their_pixels():
+    images = torch.rand(1, 3, 520, 600)
+    expected = colour_histograms(images[:, :, ::4, ::4])
+    torch.testing.assert_close(colour_histograms(images), expected)
