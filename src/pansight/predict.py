@@ -24,11 +24,12 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from tqdm import tqdm
 
+from pansight.data.coco_panoptic import write_panoptic
 from pansight.data.images import IMAGE_SUFFIXES, read_image
 from pansight.data.label_folders import write_label_png
 from pansight.errors import ConfigError, DataError
 from pansight.models.base import PansightModel
-from pansight.structures import Detections, Result, SemanticMap
+from pansight.structures import Detections, PanopticMap, Result, SemanticMap
 from pansight.tracking import IoUTracker
 from pansight.video import (
     DEFAULT_FPS,
@@ -78,7 +79,10 @@ def predict_files(
 
     Semantic models also write ``<index>_<name>_labels.png`` (the class map, one label per
     pixel) and, with ``channels``, ``<index>_<name>_channels.png`` (each class's score channel
-    as a grey tile, white = probability 1). YOLACT models, with ``prototypes``, also write
+    as a grey tile, white = probability 1). Panoptic models also write COCO panoptic
+    predictions: ``<index>_<name>_panoptic.png`` (segment ids as colours) per image and
+    ``panoptic.json`` (annotations with ``segments_info``, categories with ``isthing``; category
+    id = label). YOLACT models, with ``prototypes``, also write
     ``<index>_<name>_prototypes.png`` (see :func:`pansight.viz_prototypes.draw_mask_composition`).
 
     Returns the files written besides the JSON. The JSON is written last and atomically, so a
@@ -96,7 +100,7 @@ def predict_files(
     model = load(checkpoint)
     check_picture_options(model, checkpoint, channels, prototypes)
     out.mkdir(parents=True, exist_ok=True)
-    records, written = [], []
+    records, written, panoptic = [], [], []
     for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
         chunk = files[start : start + batch_size]
         images = [read_image(path) for path in chunk]
@@ -108,6 +112,9 @@ def predict_files(
             written.append(picture)
             if isinstance(result, SemanticMap):
                 written += write_semantic_files(result, model.class_names, out, path, index)
+            if isinstance(result, PanopticMap):
+                written.append(out / f"{_output_stem(path, index)}_panoptic.png")
+                panoptic.append(write_panoptic(result, index, written[-1], category_ids(model)))
             if composition is not None:
                 picture = out / f"{_output_stem(path, index)}_prototypes.png"
                 save_png(
@@ -115,8 +122,32 @@ def predict_files(
                 )
                 written.append(picture)
             records.append(result_record(path, index, image.shape[-2:], result, model))
+    if model.task == "panoptic":
+        written.append(out / "panoptic.json")
+        write_json_atomically(written[-1], panoptic_json(model, files, panoptic))
     write_json_atomically(out / "results.json", {"task": model.task, "images": records})
     return written
+
+
+def category_ids(model: PansightModel) -> list[int]:
+    """The category id of each label in prediction files: the label itself."""
+    return list(range(model.num_classes))
+
+
+def panoptic_json(
+    model: PansightModel, files: list[Path], annotations: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A COCO panoptic predictions file: images, annotations and categories (``isthing`` from
+    the model's ``thing_flags``)."""
+    flags = model.config.thing_flags
+    return {
+        "images": [{"id": index, "file_name": path.name} for index, path in enumerate(files)],
+        "annotations": annotations,
+        "categories": [
+            {"id": label, "name": name, "isthing": int(flags[label])}
+            for label, name in enumerate(model.class_names)
+        ],
+    }
 
 
 def check_picture_options(
