@@ -18,6 +18,8 @@ from pansight.cli import build_parser
 from pansight.data.images import image_from_array
 from pansight.data.shapes import THING_CLASSES, render_sample
 from pansight.errors import ConfigError
+from pansight.export import export_onnx
+from pansight.models.zoo import build_model
 from pansight.serve import ModelRegistry, ServeLimits, create_app, load_registry
 from pansight.serve.encoding import encode_png, map_data_url, result_payload
 from pansight.serve.registry import model_name, unique_name
@@ -273,8 +275,8 @@ def test_models_are_named_after_their_files():
     assert model_name(Path("runs/sem/model.pt")) == "sem"
     assert model_name(Path("weights/yolact.pth")) == "yolact"
     assert unique_name("sem", ["sem", "sem-2"]) == "sem-3"
-    with pytest.raises(ConfigError, match="no backend reads .onnx"):
-        load_registry([Path("model.onnx")])
+    with pytest.raises(ConfigError, match="no backend reads .txt"):
+        load_registry([Path("model.txt")])
     with pytest.raises(ConfigError, match="two models are named"):
         ModelRegistry([BlockingPredictor(), BlockingPredictor()])
 
@@ -286,3 +288,18 @@ def test_cli_serve_binds_to_localhost_by_default():
         8000,
         [Path("a.pt"), Path("b.pt")],
     )
+
+
+def test_onnx_files_are_served_by_onnxruntime(tmp_path):
+    """An exported FCN-8s answers through onnxruntime with the eager model's class map."""
+    torch.manual_seed(0)
+    model = build_model("fcn8s_r18", ["sky", "grass", "road"], {"input_size": 64}).eval()
+    path = export_onnx(model, tmp_path / "fcn.onnx")
+    image, _ = render_sample(0, mode="multi", image_size=64, split="val")
+    with TestClient(create_app(load_registry([path]))) as client:
+        (entry,) = client.get("/api/models").json()["models"]
+        answer = post_image(client, encode_png(image), model="fcn")
+    assert entry["backend"] == "onnxruntime" and answer.status_code == 200
+    (expected,) = model.predict([image])
+    got = torch.from_numpy(decode_data_url(answer.json()["result"]["labels_png"]))
+    assert (got == expected.labels).float().mean() >= 0.995

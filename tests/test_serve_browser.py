@@ -14,6 +14,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pansight.api import train
+from pansight.engine.checkpoint import load_checkpoint, save_checkpoint
 from pansight.serve import create_app, load_registry
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,14 +41,27 @@ pytestmark = [
 TINY = {"data__num_train": 4, "data__num_val": 2, "data__image_size": 64, "max_iters": 1}
 
 
+MASK_LOGIT = 4.0
+"""The one-iteration Mask R-CNN's mask logits are set to this everywhere (zero weights, this
+bias), so that its masks fill their boxes and show plainly in the screenshot (an untrained mask
+head gives logits of spread 8, which paste into a few scattered pixels)."""
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A one-iteration Mask R-CNN and FCN-8s, in run folders named after them."""
+    """A one-iteration Mask R-CNN (masks made to fill their boxes, :data:`MASK_LOGIT`) and
+    FCN-8s, in run folders named after them."""
     runs = tmp_path_factory.mktemp("runs")
     rcnn_size = {"model__min_size": 64, "model__max_size": 64, "amp": False}
     train("instance", out=str(runs / "instance"), batch_size=2, **TINY, **rcnn_size)
     train("semantic", out=str(runs / "semantic"), batch_size=2, **TINY)
-    return [runs / "instance" / "model.pt", runs / "semantic" / "model.pt"]
+    instance = runs / "instance" / "model.pt"
+    payload = load_checkpoint(instance)
+    state = payload["state_dict"]
+    state["mask_predictor.mask_fcn_logits.weight"].zero_()
+    state["mask_predictor.mask_fcn_logits.bias"].fill_(MASK_LOGIT)
+    save_checkpoint(instance, payload)
+    return [instance, runs / "semantic" / "model.pt"]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +141,10 @@ def test_page_draws_instance_masks(page, server):
     print(f"screenshot: {shot.resolve()}")
     assert int(count.get_attribute("data-count")) == len(shown) >= SHOWN_DETECTIONS
     assert count.inner_text().startswith(f"{len(shown)} detections")
-    assert int(count.get_attribute("data-mask-pixels")) == int(mask_utils.area(rles).sum()) > 0
+    mask_pixels = int(count.get_attribute("data-mask-pixels"))
+    assert mask_pixels == int(mask_utils.area(rles).sum())
+    box_pixels = sum((d["box"][2] - d["box"][0]) * (d["box"][3] - d["box"][1]) for d in shown)
+    assert mask_pixels > 0.5 * box_pixels
     assert page.locator("#timings tr").count() == 6
     assert page.locator("#error").is_hidden() and page.errors == []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -70,7 +70,40 @@ def load_eager(name: str, path: Path) -> EagerPredictor:
     return EagerPredictor(name, load(path))
 
 
-BACKENDS: dict[str, Callable[[str, Path], Predictor]] = {".pt": load_eager, ".pth": load_eager}
+@dataclass
+class OnnxRuntimePredictor:
+    """A model exported by ``pansight export`` (:class:`~pansight.export.OnnxPredictor`), run
+    by onnxruntime."""
+
+    name: str
+    model: Any
+    backend: str = "onnxruntime"
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    def predict(self, image: Tensor) -> Result:
+        (result,) = self.model.predict([image])
+        return _on_cpu(result)
+
+
+def load_onnx(name: str, path: Path) -> OnnxRuntimePredictor:
+    """An :class:`OnnxRuntimePredictor` of the pansight ONNX file ``path``."""
+    from pansight.api import load
+
+    return OnnxRuntimePredictor(name, load(path))
+
+
+BACKENDS: dict[str, Callable[[str, Path], Predictor]] = {
+    ".pt": load_eager,
+    ".pth": load_eager,
+    ".onnx": load_onnx,
+}
 """Checkpoint file suffix -> ``loader(name, path)`` returning a :class:`Predictor`."""
 
 RUN_CHECKPOINT_STEMS = ("model", "last")
