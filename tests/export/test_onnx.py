@@ -182,11 +182,11 @@ def test_cli_export_predict_eval_round_trip(name, task, mode, metric, tmp_path, 
 
 
 def test_cli_export_of_an_unsupported_model_is_one_line(tmp_path, capsys):
-    payload = {"model_name": "yolact_r18", "task": "instance", "model_config": {}}
-    save_checkpoint(tmp_path / "yolact.pt", {**payload, "class_names": CLASSES, "state_dict": {}})
-    assert main(["export", str(tmp_path / "yolact.pt")]) == 2
+    payload = {"model_name": "mask_rcnn_r18_fpn", "task": "instance", "model_config": {}}
+    save_checkpoint(tmp_path / "rcnn.pt", {**payload, "class_names": CLASSES, "state_dict": {}})
+    assert main(["export", str(tmp_path / "rcnn.pt")]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: ONNX export of yolact_r18 (Yolact) is not supported yet")
-    assert "\n" not in error and not (tmp_path / "yolact.onnx").exists()
-    assert main(["export", str(tmp_path / "yolact.pt"), "--out", str(tmp_path / "yolact.pt")]) == 2
+    assert error.startswith("error: ONNX export of mask_rcnn_r18_fpn (MaskRCNN) is not supported")
+    assert "\n" not in error and not (tmp_path / "rcnn.onnx").exists()
+    assert main(["export", str(tmp_path / "rcnn.pt"), "--out", str(tmp_path / "rcnn.pt")]) == 2
     assert "would replace the checkpoint" in capsys.readouterr().err

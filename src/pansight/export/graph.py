@@ -3,7 +3,8 @@
 What is exported is the network on the preprocessed tensor: ``images`` ``(B, 3, H, W)`` float
 RGB in ``[0, 1]``, already resized by the model's own ``preprocess`` (pixel normalisation is
 inside ``forward``, so inside the graph). The graph's outputs are the fields of the model's
-``Outputs`` dataclass that its ``postprocess`` reads, named after them. Preprocessing and
+``Outputs`` dataclass that its ``postprocess`` reads, named after them (YOLACT's priors, constant
+for its fixed input size, are an output without a batch axis). Preprocessing and
 postprocessing run in Python around the graph (:class:`~pansight.export.predictor.
 OnnxPredictor`), with the very functions the eager model uses.
 
@@ -33,6 +34,7 @@ from pansight.models.base import PansightModel
 from pansight.models.classifier import Classifier, ClassifierOutputs
 from pansight.models.fcn import FCN, FCNOutputs
 from pansight.models.localizer import Localizer, LocalizerOutputs
+from pansight.models.yolact import Yolact, YolactOutputs
 from pansight.structures import ImageBatch
 
 OPSET = 17
@@ -49,16 +51,24 @@ class ExportSpec:
         outputs_cls: the model's ``Outputs`` dataclass.
         output_names: its fields that become graph outputs (the others are ``None`` when the
             predictor rebuilds the outputs).
+        batch_free: those of ``output_names`` without a batch axis (the same for every image of
+            the fixed input size): never given a dynamic axis, and read from one run only.
     """
 
     outputs_cls: type
     output_names: tuple[str, ...]
+    batch_free: tuple[str, ...] = ()
 
 
 EXPORT_SPECS: dict[type[PansightModel], ExportSpec] = {
     Classifier: ExportSpec(ClassifierOutputs, ("logits",)),
     Localizer: ExportSpec(LocalizerOutputs, ("logits", "boxes")),
     FCN: ExportSpec(FCNOutputs, ("logits",)),
+    Yolact: ExportSpec(
+        YolactOutputs,
+        ("box_deltas", "class_logits", "mask_coefficients", "prototypes", "priors"),
+        batch_free=("priors",),
+    ),
 }
 """The model classes that export today."""
 
@@ -134,7 +144,7 @@ def export_onnx(
         raise ConfigError(f"example_size={example_size} must be positive")
     example = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
     batch, _ = model.preprocess([example.to(model.device)])
-    graph = trace_to_onnx(GraphModule(model, spec), batch.tensor, spec.output_names, dynamic)
+    graph = trace_to_onnx(GraphModule(model, spec), batch.tensor, dynamic)
     metadata = ExportMetadata(
         model_name=model_name,
         task=model.task,
@@ -191,15 +201,16 @@ def zoo_name(model: PansightModel) -> str:
     return candidates[0]
 
 
-def trace_to_onnx(
-    module: GraphModule, images: Tensor, output_names: tuple[str, ...], dynamic: bool
-) -> onnx.ModelProto:
+def trace_to_onnx(module: GraphModule, images: Tensor, dynamic: bool) -> onnx.ModelProto:
     """Trace ``module`` on ``images`` ``(1, 3, H, W)`` into an ONNX model (weights inside).
 
-    The model is put in eval mode while tracing and given back in the mode it had.
+    With ``dynamic``, the input and every output but the spec's ``batch_free`` ones get a
+    dynamic batch axis. The model is put in eval mode while tracing and given back in the mode
+    it had.
     """
-    names = (INPUT_NAME, *output_names)
-    dynamic_axes = {name: {0: "batch"} for name in names} if dynamic else None
+    output_names = module.spec.output_names
+    batched = [INPUT_NAME, *(name for name in output_names if name not in module.spec.batch_free)]
+    dynamic_axes = {name: {0: "batch"} for name in batched} if dynamic else None
     buffer = io.BytesIO()
     was_training = module.model.training
     module.model.eval()

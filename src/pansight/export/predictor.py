@@ -9,6 +9,7 @@ file's metadata), so both backends resize and decode with the same code.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ class OnnxPredictor:
         return self.model.preprocess(images, targets)
 
     def __call__(self, batch: ImageBatch) -> Any:
-        """The model's ``Outputs`` for ``batch`` (``(B, 3, H, W)`` preprocessed images).
+        """The model's ``Outputs`` for ``batch`` (``(B, 3, H, W)`` preprocessed images); the
+        fields the graph does not output (those ``postprocess`` does not read) are ``None``.
 
         A graph exported with a fixed batch runs its images in chunks of that size.
 
@@ -109,10 +111,10 @@ class OnnxPredictor:
         self._check_spatial_size(images)
         chunk = self.batch_size or len(images)
         runs = [self._run(images[start : start + chunk]) for start in range(0, len(images), chunk)]
-        fields = {
-            name: torch.cat([torch.from_numpy(run[index]) for run in runs])
-            for index, name in enumerate(self.spec.output_names)
-        }
+        fields = dict.fromkeys(field.name for field in dataclasses.fields(self.spec.outputs_cls))
+        for index, name in enumerate(self.spec.output_names):
+            parts = [torch.from_numpy(run[index]) for run in runs]
+            fields[name] = parts[0] if name in self.spec.batch_free else torch.cat(parts)
         return self.spec.outputs_cls(**fields)
 
     def postprocess(self, outputs: Any, batch: ImageBatch, **options: Any) -> list[Result]:

@@ -1,0 +1,98 @@
+"""ONNX export of YOLACT: the graph's raw outputs and the detections (Fast NMS and mask assembly
+in the eager ``postprocess``) match the eager model, with a fixed and a dynamic batch."""
+
+import pytest
+import torch
+
+from pansight.export import export_onnx, load_onnx
+from pansight.models.zoo import build_model
+
+CLASSES = ["circle", "square", "triangle", "star"]
+TINY = {"input_size": 64, "fpn_channels": 16, "proto_channels": 16, "num_prototypes": 8}
+IMAGE_SIZES = [(40, 50), (70, 33), (23, 90)]
+
+
+def tiny_yolact(**overrides):
+    """A tiny random YOLACT; its random head scores many anchors above ``score_thresh``."""
+    torch.manual_seed(0)
+    return build_model("yolact_r18", CLASSES, {**TINY, **overrides}).eval()
+
+
+def images():
+    generator = torch.Generator().manual_seed(1)
+    return [torch.rand(3, h, w, generator=generator) for h, w in IMAGE_SIZES]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``(eager model, {dynamic: predictor})``."""
+    model = tiny_yolact(detections_per_img=20)
+    folder = tmp_path_factory.mktemp("yolact")
+    predictors = {
+        dynamic: load_onnx(export_onnx(model, folder / f"{dynamic}.onnx", dynamic=dynamic), 1)
+        for dynamic in (False, True)
+    }
+    return model, predictors
+
+
+def mask_iou(first, second):
+    union = (first | second).sum()
+    return float((first & second).sum() / union) if union else 1.0
+
+
+def assert_same_detections(eager_results, onnx_results):
+    assert len(onnx_results) == len(eager_results)
+    for eager, ours in zip(eager_results, onnx_results):
+        assert len(ours.scores) == len(eager.scores)
+        assert (ours.labels == eager.labels).all()
+        torch.testing.assert_close(ours.scores, eager.scores, atol=1e-3, rtol=0)
+        torch.testing.assert_close(ours.boxes, eager.boxes, atol=1e-3, rtol=0)
+        assert ours.masks.shape == eager.masks.shape and ours.masks.dtype == torch.bool
+        assert all(mask_iou(e, o) >= 0.98 for e, o in zip(eager.masks, ours.masks))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_raw_outputs_match_eager(exported, dynamic):
+    model, predictors = exported
+    predictor = predictors[dynamic]
+    assert predictor.batch_size == (None if dynamic else 1)
+    batch, _ = model.preprocess(images())
+    with torch.no_grad():
+        eager = model(batch)
+    ours = predictor(batch)
+    assert ours.semantic_logits is None, "postprocess does not read the semantic map"
+    assert ours.priors.shape == eager.priors.shape, "priors have no batch axis"
+    for name in predictor.spec.output_names:
+        torch.testing.assert_close(getattr(ours, name), getattr(eager, name), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_detections_match_eager(exported, dynamic):
+    model, predictors = exported
+    eager_results = model.predict(images())
+    assert all(len(result.scores) == 20 for result in eager_results), "a weak test otherwise"
+    assert all(result.masks.any() for result in eager_results)
+    assert_same_detections(eager_results, predictors[dynamic].predict(images()))
+
+
+def test_predictor_postprocess_needs_no_weights(exported):
+    model, predictors = exported
+    predictor = predictors[True]
+    assert predictor.metadata.model_name == "yolact_r18"
+    assert predictor.config == model.config
+    assert all(parameter.is_meta for parameter in predictor.model.parameters())
+    assert predictor.model.pixel_mean.is_meta
+
+
+def test_no_detections(exported, tmp_path):
+    model, _ = exported
+    batch, _ = model.preprocess(images())
+    with torch.no_grad():
+        best = model(batch).class_logits.softmax(dim=-1)[..., 1:].max().item()
+    strict = tiny_yolact(score_thresh=best + 1e-3)
+    predictor = load_onnx(export_onnx(strict, tmp_path / "strict.onnx"), 1)
+    eager_results = strict.predict(images()[:1])
+    assert len(eager_results[0].scores) == 0
+    onnx_results = predictor.predict(images()[:1])
+    assert_same_detections(eager_results, onnx_results)
+    assert onnx_results[0].masks.shape == (0, *IMAGE_SIZES[0])
