@@ -19,15 +19,13 @@ Usage: ``python bench/export.py [--runs 20] [--warmup 3] [--threads 2] [--images
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import tempfile
-import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from timing import alternate_timings
 
 from pansight.export import OnnxPredictor, export_onnx, exportable_models
 from pansight.models.zoo import build_model
@@ -77,22 +75,6 @@ def backend_calls(
 
     difference = float((eager() - ort()).abs().max())
     return dict(zip(BACKENDS, (eager, ort))), difference
-
-
-def alternate_timings(
-    timed: dict[str, Callable[[], object]], runs: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds of each call over ``runs`` alternating rounds, after ``warmup`` rounds."""
-    timings: dict[str, list[float]] = defaultdict(list)
-    for round_index in range(warmup + runs):
-        for name, call in timed.items():
-            gc.collect()
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                timings[name].append(elapsed)
-    return timings
 
 
 def main(argv: list[str] | None = None) -> None:

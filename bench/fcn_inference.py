@@ -33,13 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rss import call_peak_bytes
+from timing import alternate_timings
 from torch import Tensor
 from torchvision.models.segmentation import fcn_resnet50
 
@@ -149,22 +148,6 @@ def build_models(state_dict: dict[str, Tensor], size: int, which: tuple[str, ...
 
 
 # -- measurements ------------------------------------------------------------------------------
-
-
-def alternate_timings(
-    timed: dict[str, Callable[[], object]], runs: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds of each call over ``runs`` alternating rounds, after ``warmup`` rounds."""
-    timings: dict[str, list[float]] = defaultdict(list)
-    for round_index in range(warmup + runs):
-        for name, call in timed.items():
-            gc.collect()
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                timings[name].append(elapsed)
-    return timings
 
 
 def peak_memory_child(args: argparse.Namespace) -> None:

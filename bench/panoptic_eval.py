@@ -24,16 +24,15 @@ Usage: ``python bench/panoptic_eval.py [--images 500] [--size 128] [--runs 5] [-
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import statistics
-import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+from timing import alternate_timings
 
 from pansight.data.shapes import ALL_CLASSES, THING_FLAGS, render_sample
 from pansight.metrics.panoptic import PanopticMetric
@@ -316,22 +315,6 @@ def same_scores(
         if not math.isnan(value) and abs(value - other) > tolerance:
             return False
     return True
-
-
-def alternate_timings(
-    timed: dict[str, Callable[[], object]], runs: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds of each call over ``runs`` alternating rounds, after ``warmup`` rounds."""
-    timings: dict[str, list[float]] = defaultdict(list)
-    for round_index in range(warmup + runs):
-        for name, call in timed.items():
-            gc.collect()
-            start = time.perf_counter()
-            call()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                timings[name].append(elapsed)
-    return timings
 
 
 def main(argv: list[str] | None = None) -> None:

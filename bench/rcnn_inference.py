@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from rcnn_agreement import as_detections, compare_outputs, float64_outputs, network_agreement
 from rss import call_peak_bytes
+from timing import alternate_timings
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -196,22 +197,6 @@ def call(name: str, model: nn.Module, images: list[torch.Tensor]) -> Callable[[]
 
 
 # -- checks and measurements -------------------------------------------------------------------
-
-
-def alternate_timings(
-    calls: dict[str, Callable[[], object]], runs: int, warmup: int
-) -> dict[str, list[float]]:
-    """Seconds of each call over ``runs`` alternating rounds, after ``warmup`` rounds."""
-    timings: dict[str, list[float]] = defaultdict(list)
-    for round_index in range(warmup + runs):
-        for name, timed_call in calls.items():
-            gc.collect()
-            start = time.perf_counter()
-            timed_call()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                timings[name].append(elapsed)
-    return timings
 
 
 def stage_split(model: MaskRCNN, images: list[torch.Tensor], runs: int) -> dict[str, float]:

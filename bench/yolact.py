@@ -45,7 +45,8 @@ from dataclasses import dataclass
 
 import torch
 from rcnn_agreement import network_agreement
-from rcnn_inference import MAX_RELATIVE_DIFF, alternate_timings
+from rcnn_inference import MAX_RELATIVE_DIFF
+from timing import alternate_timings
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 

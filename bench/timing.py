@@ -1,0 +1,25 @@
+"""Alternating timings shared by the bench scripts: every call runs once per round, in turn,
+so that a machine's slow spells fall on all of them alike."""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+
+def alternate_timings(
+    calls: dict[str, Callable[[], object]], runs: int, warmup: int
+) -> dict[str, list[float]]:
+    """Seconds of each call over ``runs`` alternating rounds, after ``warmup`` rounds."""
+    timings: dict[str, list[float]] = defaultdict(list)
+    for round_index in range(warmup + runs):
+        for name, timed_call in calls.items():
+            gc.collect()
+            start = time.perf_counter()
+            timed_call()
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                timings[name].append(elapsed)
+    return timings
