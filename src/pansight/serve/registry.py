@@ -1,13 +1,13 @@
 """The models a server holds, each behind one small :class:`Predictor` interface.
 
-A predictor turns one image into one result; which engine computes it (eager PyTorch today,
-another runtime later) is the predictor's business. :data:`BACKENDS` maps a checkpoint's file
-suffix to the function that loads it, so a new backend is one more entry there.
+A predictor turns one image into one result; which engine computes it (eager PyTorch or
+onnxruntime) is the predictor's business. :data:`BACKENDS` maps a checkpoint's file suffix to
+the backend that runs it; :func:`pansight.load` loads every kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from pansight.errors import ConfigError
-from pansight.models.base import PansightModel
 from pansight.structures import Result
 
 
@@ -42,12 +41,14 @@ class Predictor(Protocol):
 
 
 @dataclass
-class EagerPredictor:
-    """A :class:`~pansight.models.base.PansightModel` run by PyTorch in eval mode."""
+class LoadedModel:
+    """A model loaded by :func:`pansight.load`: a
+    :class:`~pansight.models.base.PansightModel` run by PyTorch in eval mode, or an
+    :class:`~pansight.export.OnnxPredictor` run by onnxruntime (both ``predict`` alike)."""
 
     name: str
-    model: PansightModel
-    backend: str = "eager"
+    model: Any
+    backend: str
 
     @property
     def task(self) -> str:
@@ -59,52 +60,20 @@ class EagerPredictor:
 
     def predict(self, image: Tensor) -> Result:
         with torch.inference_mode():
-            (result,) = self.model.predict([image.to(self.model.device)])
+            (result,) = self.model.predict([image])
         return _on_cpu(result)
 
 
-def load_eager(name: str, path: Path) -> EagerPredictor:
-    """An :class:`EagerPredictor` of the pansight checkpoint (or torchvision weights) ``path``."""
+BACKENDS: dict[str, str] = {".pt": "eager", ".pth": "eager", ".onnx": "onnxruntime"}
+"""Checkpoint file suffix -> the backend that runs it (:func:`pansight.load` reads them all)."""
+
+
+def load_model(name: str, path: Path) -> LoadedModel:
+    """The checkpoint, torchvision weights or pansight ONNX file ``path`` as model ``name``."""
     from pansight.api import load
 
-    return EagerPredictor(name, load(path))
+    return LoadedModel(name, load(path), BACKENDS[path.suffix.lower()])
 
-
-@dataclass
-class OnnxRuntimePredictor:
-    """A model exported by ``pansight export`` (:class:`~pansight.export.OnnxPredictor`), run
-    by onnxruntime."""
-
-    name: str
-    model: Any
-    backend: str = "onnxruntime"
-
-    @property
-    def task(self) -> str:
-        return self.model.task
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.model.class_names
-
-    def predict(self, image: Tensor) -> Result:
-        (result,) = self.model.predict([image])
-        return _on_cpu(result)
-
-
-def load_onnx(name: str, path: Path) -> OnnxRuntimePredictor:
-    """An :class:`OnnxRuntimePredictor` of the pansight ONNX file ``path``."""
-    from pansight.api import load
-
-    return OnnxRuntimePredictor(name, load(path))
-
-
-BACKENDS: dict[str, Callable[[str, Path], Predictor]] = {
-    ".pt": load_eager,
-    ".pth": load_eager,
-    ".onnx": load_onnx,
-}
-"""Checkpoint file suffix -> ``loader(name, path)`` returning a :class:`Predictor`."""
 
 RUN_CHECKPOINT_STEMS = ("model", "last")
 """Checkpoint stems that say nothing, so the model takes its run folder's name instead."""
@@ -155,13 +124,12 @@ def load_registry(checkpoints: list[Path]) -> ModelRegistry:
         raise ConfigError("serve needs at least one checkpoint")
     registry = ModelRegistry()
     for path in checkpoints:
-        loader = BACKENDS.get(path.suffix.lower())
-        if loader is None:
+        if path.suffix.lower() not in BACKENDS:
             raise ConfigError(
                 f"{path}: no backend reads {path.suffix or 'suffix-less'} files; "
                 f"known suffixes: {', '.join(BACKENDS)}"
             )
-        registry.add(loader(unique_name(model_name(path), registry.names()), path))
+        registry.add(load_model(unique_name(model_name(path), registry.names()), path))
     return registry
 
 
