@@ -212,7 +212,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_predict_videos(args: argparse.Namespace) -> int:
-    from pansight.predict import predict_videos
+    from pansight.predict_video import predict_videos
 
     if args.channels or args.show_prototypes:
         option = "--channels" if args.channels else "--show-prototypes"

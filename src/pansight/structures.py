@@ -341,3 +341,9 @@ class SemanticMap:
 
 
 Result = Classification | Localization | Detections | SemanticMap | PanopticMap
+
+
+def on_cpu(result: Result) -> Result:
+    """A copy of ``result`` with every tensor field moved to the CPU."""
+    moved = {name: value.cpu() for name, value in vars(result).items() if isinstance(value, Tensor)}
+    return replace(result, **moved)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from pansight.metrics.video import VideoMaskMetric, tracks_from_detections
 from pansight.models.base import PansightModel
-from pansight.models.yolact_edge import YolactEdge
+from pansight.predict_video import video_detections
 from pansight.structures import Detections, Target
 from pansight.tracking import IoUTracker
 
@@ -20,24 +20,14 @@ from pansight.tracking import IoUTracker
 def clip_detections(
     model: PansightModel, frames: Iterable[Tensor], keyframe_interval: int | None = None
 ) -> list[Detections]:
-    """Each ``(3, H, W)`` frame's detections, with track ids from an :class:`IoUTracker`.
-
-    A :class:`YolactEdge` streams the clip: a keyframe every ``keyframe_interval`` frames
-    (``None``: its configured interval; ``1``: every frame, which is YOLACT), plus the keyframes
-    it forces itself (first frame, size change, scene cut). Other models see every frame alone.
-    """
+    """Each ``(3, H, W)`` frame's detections (see
+    :func:`~pansight.predict_video.video_detections` for ``keyframe_interval``), with track ids
+    from an :class:`IoUTracker` that tracks every detection."""
     tracker = IoUTracker()
-    results = []
-    state = None
-    for index, frame in enumerate(frames):
-        if isinstance(model, YolactEdge):
-            keyframe = None if keyframe_interval is None else index % keyframe_interval == 0
-            detections, state = model.predict_video_frame(frame, state, keyframe)
-        else:
-            (detections,) = model.predict([frame])
-        detections = _on_cpu(detections)
-        results.append(dataclasses.replace(detections, track_ids=tracker.update(detections)))
-    return results
+    return [
+        dataclasses.replace(detections, track_ids=tracker.update(detections))
+        for _, detections in video_detections(model, frames, keyframe_interval=keyframe_interval)
+    ]
 
 
 def evaluate_video(
@@ -57,10 +47,3 @@ def evaluate_video(
             detections = clip_detections(model, frames, keyframe_interval)
             metric.update(tracks_from_detections(detections), [target for _, target in clip])
     return metric.compute()
-
-
-def _on_cpu(detections: Detections) -> Detections:
-    fields = {
-        name: None if value is None else value.cpu() for name, value in vars(detections).items()
-    }
-    return Detections(**fields)

@@ -8,7 +8,7 @@ the backend that runs it; :func:`pansight.load` loads every kind.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pansight.errors import ConfigError
-from pansight.structures import Result
+from pansight.structures import Result, on_cpu
 
 
 class Predictor(Protocol):
@@ -61,7 +61,7 @@ class LoadedModel:
     def predict(self, image: Tensor) -> Result:
         with torch.inference_mode():
             (result,) = self.model.predict([image])
-        return _on_cpu(result)
+        return on_cpu(result)
 
 
 BACKENDS: dict[str, str] = {".pt": "eager", ".pth": "eager", ".onnx": "onnxruntime"}
@@ -148,12 +148,3 @@ def unique_name(name: str, taken: list[str]) -> str:
         number += 1
         candidate = f"{name}-{number}"
     return candidate
-
-
-def _on_cpu(result: Result) -> Result:
-    moved = {
-        field.name: value.cpu()
-        for field in fields(result)
-        if isinstance(value := getattr(result, field.name), Tensor)
-    }
-    return replace(result, **moved)
