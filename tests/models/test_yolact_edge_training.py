@@ -20,7 +20,6 @@ from pansight.models.yolact_edge import (
     FeatureTransfer,
     FramePairBatch,
     YolactEdge,
-    colour_histograms,
     feature_distance,
 )
 
@@ -200,15 +199,6 @@ def test_scene_cut_forces_a_keyframe():
         assert state.last_was_keyframe == cut
 
 
-def test_colour_histograms_sum_to_one_and_count_colours():
-    images = torch.zeros(2, 3, 4, 4)
-    images[1, 0, :2] = 1.0  # top half red
-    histograms = colour_histograms(images)
-    torch.testing.assert_close(histograms.sum(dim=1), torch.ones(2))
-    assert histograms[0, 0] == 1.0
-    assert histograms[1, 0] == 0.5 and histograms[1].max() == 0.5
-
-
 def test_non_keyframes_reuse_the_reduced_keyframe_lateral():
     model = build("image").eval()
     (first, _), (second, _) = render_clip(3, num_frames=2, image_size=64)
@@ -222,9 +212,3 @@ def test_non_keyframes_reuse_the_reduced_keyframe_lateral():
     assert len(calls) == 3
     torch.testing.assert_close(cached.scores, fresh.scores)
     torch.testing.assert_close(cached.boxes, fresh.boxes)
-
-
-def test_histograms_of_large_images_count_a_grid_of_their_pixels():
-    images = torch.rand(1, 3, 520, 600)
-    expected = colour_histograms(images[:, :, ::4, ::4])
-    torch.testing.assert_close(colour_histograms(images), expected)

@@ -51,6 +51,7 @@ from pansight.models.feature_flow import (
 )
 from pansight.models.yolact import Yolact, YolactConfig, YolactOutputs
 from pansight.models.yolact_head import merge_top_down
+from pansight.ops.histograms import colour_histograms
 from pansight.structures import Detections, ImageBatch, Target
 
 TRAIN_STAGES = ("image", "flow", "video")
@@ -74,7 +75,8 @@ class YolactEdgeConfig(YolactConfig):
         train_stage: what training teaches (see the module docstring): ``image``, ``flow`` or
             ``video``.
         scene_cut_threshold: a frame whose colour histogram differs from the keyframe's by more
-            than this (total variation distance, ``0..1``; :func:`colour_histograms`) is a new
+            than this (total variation distance, ``0..1``; see
+            :func:`~pansight.ops.histograms.colour_histograms`) is a new
             scene and becomes a keyframe (``0`` turns the check off). On the synthetic world's
             clips frames of one clip differ by at most 0.1 and frames of different clips by
             0.3 or more.
@@ -104,25 +106,6 @@ class YolactEdgeConfig(YolactConfig):
             raise ConfigError(f"train_stage={self.train_stage!r} needs with_flow=true")
 
 
-HISTOGRAM_BINS = 8
-"""Bins per colour channel of the histograms compared to detect scene cuts."""
-HISTOGRAM_SIDE = 128
-"""Histograms count the pixels of a grid about this many pixels across the shorter side."""
-
-
-def colour_histograms(images: Tensor) -> Tensor:
-    """``(B, 3, H, W)`` images in ``[0, 1]`` -> ``(B, HISTOGRAM_BINS ** 3)`` joint RGB
-    histograms, each summing to 1, of every ``s``-th row and column,
-    ``s = max(1, min(H, W) // HISTOGRAM_SIDE)`` (at 550x550 that is 0.2 ms instead of 3)."""
-    bins = HISTOGRAM_BINS
-    stride = max(1, min(images.shape[-2:]) // HISTOGRAM_SIDE)
-    images = images[:, :, ::stride, ::stride]
-    levels = (images.float().clamp(0, 1) * bins).long().clamp(max=bins - 1)
-    codes = (levels[:, 0] * bins + levels[:, 1]) * bins + levels[:, 2]
-    counts = torch.stack([torch.bincount(code.flatten(), minlength=bins**3) for code in codes])
-    return counts.float() / counts.sum(dim=1, keepdim=True)
-
-
 @dataclass(frozen=True)
 class KeyframeFeatures:
     """What a keyframe leaves for the frames after it (all detached, input frame).
@@ -131,7 +114,8 @@ class KeyframeFeatures:
         c3_lateral: ``(B, C, H/8, W/8)`` lateral 1x1 conv of ``c3``.
         p4: ``(B, C, H/16, W/16)`` FPN phase-1 ``p4`` (top-down sum before its 3x3 conv).
         p5: ``(B, C, H/32, W/32)`` FPN phase-1 ``p5``.
-        histograms: ``(B, HISTOGRAM_BINS ** 3)`` :func:`colour_histograms` of the keyframes.
+        histograms: ``(B, HISTOGRAM_BINS ** 3)`` colour histograms of the keyframes
+            (:func:`~pansight.ops.histograms.colour_histograms`).
         reduced_c3: ``flow_reduce(c3_lateral)`` ``(B, E, H/8, W/8)`` once a non-keyframe has
             computed it (inference only), else ``None``.
     """
