@@ -144,9 +144,14 @@ def video_detections(
     frame, with a keyframe every ``keyframe_interval`` frames (``None``: its configured
     interval; ``1``: every frame, which is YOLACT) besides those it forces itself (first frame,
     size change, scene cut); other models see ``batch_size`` independent frames at a time.
+
+    Raises:
+        ConfigError: ``keyframe_interval`` below 1 (before any frame is read).
     """
     from pansight.models.yolact_edge import YolactEdge
 
+    if keyframe_interval is not None and keyframe_interval < 1:
+        raise ConfigError(f"keyframe_interval={keyframe_interval} must be at least 1")
     if isinstance(model, YolactEdge):
         state = None
         for index, frame in enumerate(frames):

@@ -60,6 +60,8 @@ def test_yolact_edge_streams_with_the_interval_asked_for():
     assert len(full_passes) == 4
     clip_detections(model, frames, keyframe_interval=3)
     assert len(full_passes) == 4 + 2
+    with pytest.raises(ConfigError, match="keyframe_interval=0"):
+        clip_detections(model, frames, keyframe_interval=0)
     metrics = evaluate_video(model, [CLIPS[0]], keyframe_interval=2, progress=False)
     assert set(metrics) == {"mask_AP", "mask_AP50", "mask_AP75"}
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
