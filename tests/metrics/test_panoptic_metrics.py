@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,10 @@ BENCH = Path(__file__).parents[2] / "bench" / "panoptic_eval.py"
 
 
 def load_bench():
+    """``bench/panoptic_eval.py`` as a module (its sibling helpers importable, as when it runs
+    from ``bench/``)."""
+    if str(BENCH.parent) not in sys.path:
+        sys.path.append(str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("panoptic_eval", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
