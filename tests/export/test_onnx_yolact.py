@@ -1,9 +1,17 @@
-"""ONNX export of YOLACT: the graph's raw outputs and the detections (Fast NMS and mask assembly
-in the eager ``postprocess``) match the eager model, with a fixed and a dynamic batch."""
+"""ONNX export of YOLACT: the graph's raw outputs and the detections (Fast NMS and mask
+assembly in the eager ``postprocess``) match the eager model, with a fixed and a dynamic batch
+and through the command line."""
+
+import json
 
 import pytest
 import torch
 
+from pansight.cli import main
+from pansight.config import DataConfig, TrainConfig
+from pansight.data.factory import build_dataset
+from pansight.data.images import write_image
+from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.export import export_onnx, load_onnx
 from pansight.models.zoo import build_model
 
@@ -12,10 +20,10 @@ TINY = {"input_size": 64, "fpn_channels": 16, "proto_channels": 16, "num_prototy
 IMAGE_SIZES = [(40, 50), (70, 33), (23, 90)]
 
 
-def tiny_yolact(**overrides):
+def tiny_yolact(class_names=CLASSES, **overrides):
     """A tiny random YOLACT; its random head scores many anchors above ``score_thresh``."""
     torch.manual_seed(0)
-    return build_model("yolact_r18", CLASSES, {**TINY, **overrides}).eval()
+    return build_model("yolact_r18", class_names, {**TINY, **overrides}).eval()
 
 
 def images():
@@ -96,3 +104,38 @@ def test_no_detections(exported, tmp_path):
     onnx_results = predictor.predict(images()[:1])
     assert_same_detections(eager_results, onnx_results)
     assert onnx_results[0].masks.shape == (0, *IMAGE_SIZES[0])
+
+
+def test_cli_export_predict_eval_round_trip(tmp_path, capsys):
+    """``pansight export`` of a YOLACT checkpoint, then ``predict`` and ``eval`` with the .pt and
+    with the .onnx: the same detections (labels, scores, boxes, masks) and the same mask AP."""
+    data = DataConfig(mode="multi", num_train=4, num_val=4, image_size=48)
+    dataset = build_dataset(data, "val", "instance")
+    model = tiny_yolact(list(dataset.class_names), detections_per_img=10)
+    train_config = TrainConfig(task="instance", model="yolact_r18", data=data)
+    payload = model_payload(
+        model, model_name="yolact_r18", train_config=train_config, data_set=dataset, metrics={}
+    )
+    save_checkpoint(tmp_path / "model.pt", payload)
+    assert main(["export", str(tmp_path / "model.pt"), "--dynamic"]) == 0
+    assert f"wrote {tmp_path / 'model.onnx'}" in capsys.readouterr().out
+    for index in range(2):
+        write_image(dataset[index][0], tmp_path / "images" / f"img{index}.png")
+    folders = [tmp_path / "model_pt", tmp_path / "model_onnx"]
+    for source, out in zip((tmp_path / "model.pt", tmp_path / "model.onnx"), folders):
+        assert main(["predict", str(source), str(tmp_path / "images"), "--out", str(out)]) == 0
+        assert main(["eval", str(source), "--out", str(out / "metrics.json")]) == 0
+    eager, ours = (json.loads((folder / "results.json").read_text()) for folder in folders)
+    assert ours["task"] == "instance" and len(ours["images"]) == 2
+    for eager_image, onnx_image in zip(eager["images"], ours["images"]):
+        assert len(eager_image["result"]) == 10, "a weak test otherwise"
+        assert len(onnx_image["result"]) == len(eager_image["result"])
+        for expected, got in zip(eager_image["result"], onnx_image["result"]):
+            assert got["class_name"] == expected["class_name"]
+            assert got["score"] == pytest.approx(expected["score"], abs=1e-3)
+            assert got["bbox"] == pytest.approx(expected["bbox"], abs=1e-3)
+            assert got["segmentation"] == expected["segmentation"]
+    eager_metrics, onnx_metrics = (
+        json.loads((folder / "metrics.json").read_text()) for folder in folders
+    )
+    assert onnx_metrics["mask_AP"] == pytest.approx(eager_metrics["mask_AP"], abs=1e-3)
