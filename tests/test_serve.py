@@ -20,7 +20,13 @@ from pansight.data.shapes import THING_CLASSES, render_sample
 from pansight.errors import ConfigError
 from pansight.export import export_onnx
 from pansight.models.zoo import build_model
-from pansight.serve import ModelRegistry, ServeLimits, create_app, load_registry
+from pansight.serve import (
+    LOOPBACK_HOSTS,
+    ModelRegistry,
+    ServeLimits,
+    create_app,
+    load_registry,
+)
 from pansight.serve.encoding import encode_png, map_data_url, result_payload
 from pansight.serve.registry import model_name, unique_name
 from pansight.structures import Classification, Localization, PanopticMap, Segment, SemanticMap
@@ -232,6 +238,18 @@ def test_model_failure_is_500_with_its_message():
         answer = post_image(client, sample_png(size=32), "failing")
     assert answer.status_code == 500
     assert answer.json()["error"] == "model 'failing' failed: out of cheese"
+
+
+def test_requests_to_other_host_names_are_refused():
+    """A loopback server answers loopback names only (no DNS rebinding)."""
+    app = create_app(ModelRegistry([FailingPredictor()]), allowed_hosts=LOOPBACK_HOSTS)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/api/models").status_code == 200
+        assert client.get("/api/models", headers={"host": "localhost:8000"}).status_code == 200
+        assert client.get("/api/models", headers={"host": "[::1]:8000"}).status_code == 200
+        refused = client.get("/api/models", headers={"host": "attacker.example:8000"})
+    assert refused.status_code == 400
+    assert "failing" not in refused.text
 
 
 def decode_data_url(url: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from pansight.api import train
 from pansight.engine.checkpoint import load_checkpoint, save_checkpoint
-from pansight.serve import create_app, load_registry
+from pansight.serve import LOOPBACK_HOSTS, create_app, load_registry
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -73,7 +73,10 @@ def server(checkpoints):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = uvicorn.Config(
-        create_app(load_registry(checkpoints)), host="127.0.0.1", port=port, log_level="warning"
+        create_app(load_registry(checkpoints), allowed_hosts=LOOPBACK_HOSTS),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -11,7 +11,19 @@ from pathlib import Path
 from pansight.serve.app import ServeLimits, create_app
 from pansight.serve.registry import ModelRegistry, Predictor, load_registry
 
-__all__ = ["ModelRegistry", "Predictor", "ServeLimits", "create_app", "load_registry", "serve"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "ModelRegistry",
+    "Predictor",
+    "ServeLimits",
+    "create_app",
+    "load_registry",
+    "serve",
+]
+
+
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+"""The names a server bound to a loopback address answers to."""
 
 
 def serve(
@@ -20,8 +32,12 @@ def serve(
     port: int = 8000,
     limits: ServeLimits | None = None,
 ) -> None:
-    """Load ``checkpoints`` and serve the page on ``http://host:port/`` until interrupted."""
+    """Load ``checkpoints`` and serve the page on ``http://host:port/`` until interrupted.
+
+    Bound to a loopback address, the server answers only requests addressed to a loopback
+    name (:data:`LOOPBACK_HOSTS`); bound elsewhere, to any name."""
     import uvicorn
 
-    app = create_app(load_registry(checkpoints), limits)
+    allowed_hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None
+    app = create_app(load_registry(checkpoints), limits, allowed_hosts)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -12,6 +12,10 @@ Routes:
 
 Errors answer ``{"error": message}``: 400 (bad image, content type or parameter), 404 (unknown
 model or route), 413 (upload too large), 503 (work queue full), 500 (the model failed).
+
+With ``allowed_hosts`` the app answers only requests whose ``Host`` header names one of them
+(others get a plain 400), so a page on another site cannot reach a server on the loopback
+address through a name that resolves there (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -86,9 +92,16 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-def create_app(registry: ModelRegistry, limits: ServeLimits | None = None) -> Starlette:
+def create_app(
+    registry: ModelRegistry,
+    limits: ServeLimits | None = None,
+    allowed_hosts: list[str] | None = None,
+) -> Starlette:
     """The app serving ``registry``'s models within ``limits``; its work queue runs while the
-    app's lifespan does (``uvicorn`` and ``TestClient`` as a context manager start it)."""
+    app's lifespan does (``uvicorn`` and ``TestClient`` as a context manager start it).
+
+    ``allowed_hosts``: the host names (without port) requests may address; ``None`` accepts
+    any."""
     limits = limits or ServeLimits()
     work = WorkQueue(limits.queue_size, limits.workers)
     api = _Api(registry, limits, work)
@@ -107,8 +120,12 @@ def create_app(registry: ModelRegistry, limits: ServeLimits | None = None) -> St
         Route("/api/sample", api.sample),
         Route("/api/predict", api.predict, methods=["POST"]),
     ]
+    middleware = []
+    if allowed_hosts is not None:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
