@@ -1,4 +1,5 @@
-"""Checkpoint files: round trips, atomic replacement, errors naming the file, RNG states."""
+"""Checkpoint files: round trips, atomic replacement, errors naming the file, RNG states,
+the category ids recorded per label."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from pansight.engine import checkpoint
 from pansight.engine.checkpoint import (
     capture_rng_state,
+    label_category_ids,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -113,3 +115,19 @@ def test_rng_state_survives_a_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(drawn[0], expected[0])
     assert np.array_equal(drawn[1], expected[1])
     assert drawn[2] == expected[2]
+
+
+def test_category_ids_follow_the_label_space_of_the_model() -> None:
+    """A panoptic model labels things and stuff: it takes the semantic ids, not the thing ids."""
+    from types import SimpleNamespace
+
+    data_set = SimpleNamespace(
+        class_names=["car", "person"],
+        category_ids=[3, 1],
+        semantic_class_names=["car", "person", "sky"],
+        semantic_category_ids=[3, 1, 200],
+    )
+    assert label_category_ids(data_set, ["car", "person", "sky"]) == [3, 1, 200]
+    assert label_category_ids(data_set, ["car", "person"]) == [3, 1]
+    assert label_category_ids(data_set, ["a", "b", "c", "d"]) == [0, 1, 2, 3]
+    assert label_category_ids(object(), ["a"]) == [0]

@@ -89,11 +89,11 @@ def model_payload(
 ) -> dict[str, Any]:
     """Everything ``eval``/``predict`` need to rebuild ``model``, as plain values.
 
-    ``category_ids`` and ``semantic_class_names`` come from the data set's attributes of those
-    names when it has them (else ``range(num_classes)`` and ``None``).
+    ``semantic_class_names`` comes from the data set's attribute of that name (else ``None``);
+    ``category_ids`` are those of the model's labels (:func:`label_category_ids`).
     """
     class_names = list(model.class_names)
-    category_ids = getattr(data_set, "category_ids", None) or list(range(len(class_names)))
+    category_ids = label_category_ids(data_set, class_names)
     semantic_class_names = getattr(data_set, "semantic_class_names", None)
     if semantic_class_names is not None:
         semantic_class_names = list(semantic_class_names)
@@ -110,6 +110,23 @@ def model_payload(
         "state_dict": model.state_dict(),
         "metrics": dict(metrics),
     }
+
+
+def label_category_ids(data_set: object, class_names: list[str]) -> list[int]:
+    """The data set's category id of each of a model's labels ``class_names``.
+
+    A model labelling the data set's semantic classes (things and stuff, as panoptic models do)
+    takes ``semantic_category_ids``; one labelling its thing classes takes ``category_ids``;
+    without ids that fit, label ``k`` is category ``k``.
+    """
+    for names, ids in (
+        ("semantic_class_names", "semantic_category_ids"),
+        ("class_names", "category_ids"),
+    ):
+        data_names, data_ids = getattr(data_set, names, None), getattr(data_set, ids, None)
+        if data_ids and data_names is not None and list(data_names) == class_names:
+            return list(data_ids)
+    return list(range(len(class_names)))
 
 
 def capture_rng_state() -> dict[str, Any]:
