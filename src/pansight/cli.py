@@ -119,6 +119,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="a dynamic batch axis (predict runs whole batches); default: one image per run",
     )
     export.add_argument("--out", type=Path, help="the file to write (default: CHECKPOINT.onnx)")
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantize the graph to int8 (onnxruntime static quantization, calibrated on images)",
+    )
+    export.add_argument(
+        "--calibration",
+        nargs="+",
+        metavar="DATA",
+        help="with --int8: the calibration data set, NAME and/or data.KEY=VALUE as eval takes "
+        "them (default: the data set the checkpoint was trained on); its train split is read",
+    )
+    export.add_argument(
+        "--calibration-images",
+        type=int,
+        default=32,
+        metavar="N",
+        help="with --int8: calibration images (default 32)",
+    )
+    export.add_argument(
+        "--keep-fp32-outputs",
+        nargs="*",
+        metavar="OUTPUT",
+        help="with --int8: graph outputs whose final convolutions stay in float (default: the "
+        "model's own choice; none given: quantize them all)",
+    )
+    export.add_argument(
+        "--exclude-nodes",
+        nargs="+",
+        default=[],
+        metavar="NODE",
+        help="with --int8: further graph nodes, by name, left in float",
+    )
     export.set_defaults(handler=run_export)
 
     models = commands.add_parser("models", help="list the models of each task")
@@ -235,9 +268,43 @@ def run_predict_videos(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from pansight.export import export_checkpoint
 
-    path = export_checkpoint(args.checkpoint, args.out, dynamic=args.dynamic)
-    print(f"wrote {path}")
+    int8_flags = args.calibration or args.keep_fp32_outputs is not None or args.exclude_nodes
+    if int8_flags and not args.int8:
+        raise ConfigError("--calibration, --keep-fp32-outputs and --exclude-nodes need --int8")
+    int8 = _int8_options(args) if args.int8 else None
+    path = export_checkpoint(args.checkpoint, args.out, dynamic=args.dynamic, int8=int8)
+    print(f"wrote {path}" + (" (int8)" if int8 else ""))
     return 0
+
+
+def _int8_options(args: argparse.Namespace) -> Any:
+    """The :class:`~pansight.export.quantize.Int8Options` the export flags describe."""
+    from pansight.export.quantize import Int8Options
+
+    keep = args.keep_fp32_outputs
+    return Int8Options(
+        calibration=_calibration_data(args.checkpoint, args.calibration or []),
+        num_images=args.calibration_images,
+        keep_fp32_outputs=None if keep is None else tuple(keep),
+        exclude_nodes=tuple(args.exclude_nodes),
+    )
+
+
+def _calibration_data(checkpoint: Path, items: list[str]) -> Any:
+    """The DataConfig of ``--calibration`` items (``NAME``, ``data=NAME``, ``data.KEY=VALUE``)
+    over the one ``checkpoint`` was trained on; ``None`` (that data set) without items."""
+    if not items:
+        return None
+    from pansight.config import DataConfig, apply_overrides, from_dict
+    from pansight.engine.checkpoint import load_checkpoint
+
+    pairs = parse_key_values([item if "=" in item else f"data={item}" for item in items])
+    overrides = {
+        ("name" if key == "data" else key.removeprefix("data.")): value
+        for key, value in pairs.items()
+    }
+    trained_on = load_checkpoint(checkpoint).get("train_config", {}).get("data", {})
+    return apply_overrides(from_dict(DataConfig, trained_on), overrides, "data.")
 
 
 def run_models(args: argparse.Namespace) -> int:

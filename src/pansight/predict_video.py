@@ -95,11 +95,11 @@ def predict_clip(
 ) -> list[Path]:
     """Run ``model`` over one clip; write ``out/<clip stem>.mp4`` and ``out/<clip stem>.json``.
 
-    A YolactEdge streams the frames through :meth:`~pansight.models.yolact_edge.YolactEdge.
-    predict_video_frame` (keyframes as its config says); other models predict ``batch_size``
-    frames at a time. Detections scoring at least :data:`~pansight.viz.DRAW_MIN_SCORE` are
-    tracked and drawn (one colour per track); the JSON holds every detection, ``track_id`` -1
-    for the untracked ones. ``fps`` sets the output frame rate (default: the clip's, else
+    A YolactEdge (eager or ONNX) streams the frames through its ``predict_video_frame``
+    (keyframes as its config says); other models predict ``batch_size`` frames at a time.
+    Detections scoring at least :data:`~pansight.viz.DRAW_MIN_SCORE` are tracked and drawn
+    (one colour per track); the JSON holds every detection, ``track_id`` -1 for the untracked
+    ones. ``fps`` sets the output frame rate (default: the clip's, else
     :data:`~pansight.video.DEFAULT_FPS`). Both files appear only once complete.
 
     Raises:
@@ -140,19 +140,22 @@ def video_detections(
 ) -> Iterator[tuple[Tensor, Detections]]:
     """Each ``(3, H, W)`` frame with its detections (on the CPU), in order.
 
-    A YolactEdge carries its :class:`~pansight.models.yolact_edge.StreamState` from frame to
-    frame, with a keyframe every ``keyframe_interval`` frames (``None``: its configured
-    interval; ``1``: every frame, which is YOLACT) besides those it forces itself (first frame,
-    size change, scene cut); other models see ``batch_size`` independent frames at a time.
+    A YolactEdge (eager, or exported and run by
+    :class:`~pansight.export.yolact_edge.YolactEdgeOnnxPredictor`) carries its
+    :class:`~pansight.models.yolact_edge.StreamState` from frame to frame, with a keyframe
+    every ``keyframe_interval`` frames (``None``: its configured interval; ``1``: every frame,
+    which is YOLACT) besides those it forces itself (first frame, size change, scene cut);
+    other models see ``batch_size`` independent frames at a time.
 
     Raises:
         ConfigError: ``keyframe_interval`` below 1 (before any frame is read).
     """
+    from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
     from pansight.models.yolact_edge import YolactEdge
 
     if keyframe_interval is not None and keyframe_interval < 1:
         raise ConfigError(f"keyframe_interval={keyframe_interval} must be at least 1")
-    if isinstance(model, YolactEdge):
+    if isinstance(model, YolactEdge | YolactEdgeOnnxPredictor):
         state = None
         for index, frame in enumerate(frames):
             keyframe = None if keyframe_interval is None else index % keyframe_interval == 0

@@ -15,7 +15,8 @@ from pansight.data.factory import build_dataset
 from pansight.data.images import write_image
 from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError
-from pansight.export import OnnxPredictor, export_onnx, load_onnx
+from pansight.export import EXPORT_SPECS, OnnxPredictor, export_onnx, load_onnx
+from pansight.models.rcnn import FasterRCNN, MaskRCNN
 from pansight.models.zoo import build_model
 from pansight.structures import Classification, Localization, SemanticMap
 
@@ -109,7 +110,8 @@ def test_a_graph_refuses_images_of_another_size(exported):
         predictors[True](batch)
 
 
-def test_unsupported_model_names_itself(tmp_path):
+def test_unsupported_model_names_itself(tmp_path, monkeypatch):
+    monkeypatch.delitem(EXPORT_SPECS, FasterRCNN)
     model = build_model("faster_rcnn_r18_fpn", CLASSES)
     with pytest.raises(ConfigError, match="faster_rcnn_r18_fpn.*not supported yet"):
         export_onnx(model, tmp_path / "rcnn.onnx")
@@ -181,7 +183,8 @@ def test_cli_export_predict_eval_round_trip(name, task, mode, metric, tmp_path, 
     assert metrics[1][metric] == pytest.approx(metrics[0][metric], abs=1e-3)
 
 
-def test_cli_export_of_an_unsupported_model_is_one_line(tmp_path, capsys):
+def test_cli_export_of_an_unsupported_model_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(EXPORT_SPECS, MaskRCNN)
     payload = {"model_name": "mask_rcnn_r18_fpn", "task": "instance", "model_config": {}}
     save_checkpoint(tmp_path / "rcnn.pt", {**payload, "class_names": CLASSES, "state_dict": {}})
     assert main(["export", str(tmp_path / "rcnn.pt")]) == 2

@@ -4,19 +4,25 @@
 >>> export_onnx(model, "model.onnx", dynamic=True)
 >>> predictor = pansight.load("model.onnx")       # an OnnxPredictor
 >>> predictor.predict([image])                     # the eager model's result types
+>>> quantize_onnx("model.onnx", "model_int8.onnx")  # int8, calibrated on the training data
 """
 
 from pansight.export.graph import EXPORT_SPECS, export_checkpoint, export_onnx, exportable_models
 from pansight.export.metadata import ExportMetadata
 from pansight.export.predictor import OnnxPredictor, is_onnx_file, load_onnx
+from pansight.export.quantize import Int8Options, quantize_onnx
+from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
 
 __all__ = [
     "EXPORT_SPECS",
     "ExportMetadata",
+    "Int8Options",
     "OnnxPredictor",
+    "YolactEdgeOnnxPredictor",
     "export_checkpoint",
     "export_onnx",
     "exportable_models",
     "is_onnx_file",
     "load_onnx",
+    "quantize_onnx",
 ]

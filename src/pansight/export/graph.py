@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import torch
@@ -30,12 +30,19 @@ from torch import Tensor, nn
 from pansight.config import to_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.export.metadata import ExportMetadata
+from pansight.export.rcnn import RCNN_OUTPUTS, trace_rcnn_to_onnx
 from pansight.models.base import PansightModel
 from pansight.models.classifier import Classifier, ClassifierOutputs
 from pansight.models.fcn import FCN, FCNOutputs
 from pansight.models.localizer import Localizer, LocalizerOutputs
+from pansight.models.panoptic_fpn import PanopticFPN, PanopticFPNOutputs
+from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNOutputs
 from pansight.models.yolact import Yolact, YolactOutputs
+from pansight.models.yolact_edge import YolactEdge
 from pansight.structures import ImageBatch
+
+if TYPE_CHECKING:
+    from pansight.export.quantize import Int8Options
 
 OPSET = 17
 INPUT_NAME = "images"
@@ -53,11 +60,16 @@ class ExportSpec:
             predictor rebuilds the outputs).
         batch_free: those of ``output_names`` without a batch axis (the same for every image of
             the fixed input size): never given a dynamic axis, and read from one run only.
+        per_image: those of ``output_names`` the outputs hold as a list of per-image tensors
+            (R-CNN detections). A spec with any is an R-CNN graph
+            (:mod:`pansight.export.rcnn`): one image and its size per run, any ``H`` and ``W``,
+            whether exported ``dynamic`` or not.
     """
 
     outputs_cls: type
     output_names: tuple[str, ...]
     batch_free: tuple[str, ...] = ()
+    per_image: tuple[str, ...] = ()
 
 
 EXPORT_SPECS: dict[type[PansightModel], ExportSpec] = {
@@ -68,6 +80,18 @@ EXPORT_SPECS: dict[type[PansightModel], ExportSpec] = {
         YolactOutputs,
         ("box_deltas", "class_logits", "mask_coefficients", "prototypes", "priors"),
         batch_free=("priors",),
+    ),
+    YolactEdge: ExportSpec(
+        YolactOutputs,
+        ("box_deltas", "class_logits", "mask_coefficients", "prototypes", "priors"),
+        batch_free=("priors",),
+    ),
+    FasterRCNN: ExportSpec(RCNNOutputs, RCNN_OUTPUTS, per_image=RCNN_OUTPUTS),
+    MaskRCNN: ExportSpec(RCNNOutputs, (*RCNN_OUTPUTS, "mask_logits"), per_image=RCNN_OUTPUTS),
+    PanopticFPN: ExportSpec(
+        PanopticFPNOutputs,
+        (*RCNN_OUTPUTS, "mask_logits", "semantic_logits"),
+        per_image=RCNN_OUTPUTS,
     ),
 }
 """The model classes that export today."""
@@ -144,7 +168,7 @@ def export_onnx(
         raise ConfigError(f"example_size={example_size} must be positive")
     example = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
     batch, _ = model.preprocess([example.to(model.device)])
-    graph = trace_to_onnx(GraphModule(model, spec), batch.tensor, dynamic)
+    graph = export_graph(model, spec, batch.tensor, dynamic)
     metadata = ExportMetadata(
         model_name=model_name,
         task=model.task,
@@ -157,15 +181,21 @@ def export_onnx(
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out: str | Path | None = None, *, dynamic: bool = False
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    *,
+    dynamic: bool = False,
+    int8: Int8Options | None = None,
 ) -> Path:
     """Export the model of a pansight checkpoint to ``out`` (default: ``checkpoint`` with the
     suffix ``.onnx``); return the path written. The metadata records the checkpoint's model
-    name and training data set.
+    name and training data set. With ``int8``, ``out`` holds the graph quantized to int8 by
+    :func:`~pansight.export.quantize.quantize_onnx` (calibration defaults to that data set).
 
     Raises:
         CheckpointError: the checkpoint cannot be read or rebuilt.
         ConfigError: its model does not export yet, or ``out`` is the checkpoint itself.
+        DataError: the int8 calibration data set is unreadable or empty.
     """
     from pansight.engine.checkpoint import load_checkpoint
     from pansight.models.zoo import MODELS, model_from_checkpoint
@@ -179,7 +209,15 @@ def export_checkpoint(
         export_spec(MODELS[name].builder, name)
     model = model_from_checkpoint(payload).eval()
     train_data = payload.get("train_config", {}).get("data", {})
-    return export_onnx(model, out, dynamic=dynamic, model_name=name, train_data=train_data)
+    if int8 is None:
+        return export_onnx(model, out, dynamic=dynamic, model_name=name, train_data=train_data)
+    from pansight.export.quantize import quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix="pansight-fp32-") as folder:
+        fp32 = export_onnx(
+            model, Path(folder) / out.name, dynamic=dynamic, model_name=name, train_data=train_data
+        )
+        return quantize_onnx(fp32, out, int8)
 
 
 def zoo_name(model: PansightModel) -> str:
@@ -201,6 +239,21 @@ def zoo_name(model: PansightModel) -> str:
     return candidates[0]
 
 
+def export_graph(
+    model: PansightModel, spec: ExportSpec, images: Tensor, dynamic: bool
+) -> onnx.ModelProto:
+    """``model``'s graph traced on ``images`` ``(1, 3, H, W)``: ``forward`` as
+    :class:`GraphModule`, or for a YolactEdge with its flow module both video paths under a
+    keyframe switch (:func:`~pansight.export.yolact_edge.keyframe_switch_graph`)."""
+    if isinstance(model, YolactEdge) and model.config.with_flow:
+        from pansight.export.yolact_edge import keyframe_switch_graph
+
+        return keyframe_switch_graph(model, images, dynamic)
+    if spec.per_image:
+        return trace_rcnn_to_onnx(model, spec, images)
+    return trace_to_onnx(GraphModule(model, spec), images, dynamic)
+
+
 def trace_to_onnx(module: GraphModule, images: Tensor, dynamic: bool) -> onnx.ModelProto:
     """Trace ``module`` on ``images`` ``(1, 3, H, W)`` into an ONNX model (weights inside).
 
@@ -211,6 +264,18 @@ def trace_to_onnx(module: GraphModule, images: Tensor, dynamic: bool) -> onnx.Mo
     output_names = module.spec.output_names
     batched = [INPUT_NAME, *(name for name in output_names if name not in module.spec.batch_free)]
     dynamic_axes = {name: {0: "batch"} for name in batched} if dynamic else None
+    return trace_module(module, (images,), [INPUT_NAME], list(output_names), dynamic_axes)
+
+
+def trace_module(
+    module: nn.Module,
+    inputs: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]] | None,
+) -> onnx.ModelProto:
+    """Trace ``module`` (a wrapper holding the model as ``module.model``) on ``inputs`` into an
+    ONNX model (weights inside), the model in eval mode meanwhile."""
     buffer = io.BytesIO()
     was_training = module.model.training
     module.model.eval()
@@ -221,11 +286,11 @@ def trace_to_onnx(module: GraphModule, images: Tensor, dynamic: bool) -> onnx.Mo
             warnings.filterwarnings("ignore", message=".*feature will be removed")
             torch.onnx.export(
                 module,
-                (images,),
+                inputs,
                 buffer,
                 dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=list(output_names),
+                input_names=input_names,
+                output_names=output_names,
                 dynamic_axes=dynamic_axes,
                 opset_version=OPSET,
             )

@@ -9,6 +9,8 @@ Every value is a string; lists and dicts are JSON. The keys::
     pansight.class_names   JSON list, one name per contiguous label
     pansight.model_config  JSON dict of the model's config dataclass
     pansight.train_data    JSON dict of the DataConfig it was trained on ({} when unknown)
+    pansight.precision     "fp32", or "int8" for a statically quantized graph (absent: "fp32")
+    pansight.fp32_nodes    JSON list: nodes of an int8 graph left in float ([] when absent)
 
 With them a file alone rebuilds the predictor: the zoo entry named rebuilds the model's
 preprocessing and postprocessing, the graph holds the network and its weights.
@@ -27,6 +29,7 @@ FORMAT = "pansight-onnx"
 VERSION = 1
 PREFIX = "pansight."
 JSON_FIELDS = ("class_names", "model_config", "train_data")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class ExportMetadata:
         model_config: the model's config dataclass as a plain dict.
         train_data: the :class:`~pansight.config.DataConfig` the model was trained on, as a
             plain dict (empty when unknown); ``eval`` defaults to this data set.
+        precision: ``fp32``, or ``int8`` for a graph quantized by
+            :func:`~pansight.export.quantize.quantize_onnx`.
+        fp32_nodes: names of the graph nodes an ``int8`` graph keeps in float.
     """
 
     model_name: str
@@ -47,6 +53,8 @@ class ExportMetadata:
     class_names: list[str]
     model_config: dict[str, Any]
     train_data: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    fp32_nodes: list[str] = field(default_factory=list)
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (key -> string value) describing this export."""
@@ -55,6 +63,8 @@ class ExportMetadata:
         props[f"{PREFIX}task"] = self.task
         for name in JSON_FIELDS:
             props[f"{PREFIX}{name}"] = json.dumps(getattr(self, name))
+        props[f"{PREFIX}precision"] = self.precision
+        props[f"{PREFIX}fp32_nodes"] = json.dumps(self.fp32_nodes)
         return props
 
     @classmethod
@@ -63,7 +73,8 @@ class ExportMetadata:
 
         Raises:
             CheckpointError: naming ``path``, if the file has no pansight metadata (not ours),
-                a newer version, or an entry that is missing or not valid JSON.
+                a newer version, an entry that is missing or not valid JSON, or an unknown
+                precision. ``precision`` and ``fp32_nodes`` are optional (older files lack them).
         """
         if props.get(f"{PREFIX}format") != FORMAT:
             raise CheckpointError(
@@ -88,4 +99,27 @@ class ExportMetadata:
                 values[name] = json.loads(props[key]) if name in JSON_FIELDS else props[key]
             except json.JSONDecodeError as error:
                 raise CheckpointError(f"{path}: metadata {key!r} is not JSON: {error}") from None
-        return cls(**values)
+        return cls(**values, **precision_fields(props, path))
+
+
+def precision_fields(props: dict[str, str], path: str | Path) -> dict[str, Any]:
+    """``precision`` and ``fp32_nodes`` from ``props`` (``fp32`` and ``[]`` when absent).
+
+    Raises:
+        CheckpointError: naming ``path``, for an unknown precision or a node list that is not a
+            JSON list.
+    """
+    precision = props.get(f"{PREFIX}precision", "fp32")
+    if precision not in PRECISIONS:
+        raise CheckpointError(
+            f"{path}: pansight ONNX precision {precision!r} is unknown; "
+            f"this pansight reads {', '.join(PRECISIONS)}"
+        )
+    key = f"{PREFIX}fp32_nodes"
+    try:
+        fp32_nodes = json.loads(props.get(key, "[]"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: metadata {key!r} is not JSON: {error}") from None
+    if not isinstance(fp32_nodes, list):
+        raise CheckpointError(f"{path}: metadata {key!r} is not a JSON list")
+    return {"precision": precision, "fp32_nodes": fp32_nodes}

@@ -21,7 +21,8 @@ from torch import Tensor
 from pansight.config import DataConfig, from_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.export.graph import INPUT_NAME, ExportSpec, export_spec
-from pansight.export.metadata import ExportMetadata
+from pansight.export.metadata import PREFIX, ExportMetadata
+from pansight.export.rcnn import IMAGE_SIZES_NAME
 from pansight.models.base import PansightModel
 from pansight.structures import ImageBatch, Result, Target
 
@@ -46,16 +47,21 @@ class OnnxPredictor:
 
     device = torch.device("cpu")
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        session: onnxruntime.InferenceSession | None = None,
+    ) -> None:
         """Open ``path``; ``threads`` sets onnxruntime's intra-op threads (default: its own
-        choice, one per physical core).
+        choice, one per physical core); ``session``: one already open on ``path``.
 
         Raises:
             CheckpointError: naming ``path``, if it is missing, not ONNX, not a pansight export,
                 or describes a model this pansight cannot rebuild.
         """
         self.path = Path(path)
-        self.session = open_session(self.path, threads)
+        self.session = session or open_session(self.path, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ExportMetadata.from_props(props, self.path)
         self.model = weightless_model(self.metadata, self.path)
@@ -102,7 +108,9 @@ class OnnxPredictor:
         """The model's ``Outputs`` for ``batch`` (``(B, 3, H, W)`` preprocessed images); the
         fields the graph does not output (those ``postprocess`` does not read) are ``None``.
 
-        A graph exported with a fixed batch runs its images in chunks of that size.
+        A graph exported with a fixed batch runs its images in chunks of that size; an R-CNN
+        graph (``spec.per_image``) runs them one by one, each with its size inside the padding
+        followed by those of the batch.
 
         Raises:
             ConfigError: the images' size differs from the one the graph was exported for.
@@ -110,11 +118,22 @@ class OnnxPredictor:
         images = batch.tensor.detach().float().cpu()
         self._check_spatial_size(images)
         chunk = self.batch_size or len(images)
-        runs = [self._run(images[start : start + chunk]) for start in range(0, len(images), chunk)]
+        if self.spec.per_image:
+            runs = [
+                self._run_one(images[i : i + 1], [size, *batch.image_sizes])
+                for i, size in enumerate(batch.image_sizes)
+            ]
+        else:
+            runs = [
+                self._run(images[start : start + chunk]) for start in range(0, len(images), chunk)
+            ]
         fields = dict.fromkeys(field.name for field in dataclasses.fields(self.spec.outputs_cls))
         for index, name in enumerate(self.spec.output_names):
             parts = [torch.from_numpy(run[index]) for run in runs]
-            fields[name] = parts[0] if name in self.spec.batch_free else torch.cat(parts)
+            if name in self.spec.per_image:
+                fields[name] = parts
+            else:
+                fields[name] = parts[0] if name in self.spec.batch_free else torch.cat(parts)
         return self.spec.outputs_cls(**fields)
 
     def postprocess(self, outputs: Any, batch: ImageBatch, **options: Any) -> list[Result]:
@@ -129,6 +148,10 @@ class OnnxPredictor:
 
     def _run(self, images: Tensor) -> list[np.ndarray]:
         return self.session.run(list(self.spec.output_names), {INPUT_NAME: images.numpy()})
+
+    def _run_one(self, image: Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+        feeds = {INPUT_NAME: image.numpy(), IMAGE_SIZES_NAME: np.array(sizes, dtype=np.int64)}
+        return self.session.run(list(self.spec.output_names), feeds)
 
     def _check_spatial_size(self, images: Tensor) -> None:
         expected = tuple(self._input_shape[1:])
@@ -185,6 +208,22 @@ def weightless_model(metadata: ExportMetadata, path: Path) -> PansightModel:
         return entry.builder(config, list(metadata.class_names)).eval()
 
 
+def predictor_types() -> dict[type[PansightModel], type[OnnxPredictor]]:
+    """The model classes whose exports run behind a subclass of :class:`OnnxPredictor` (one
+    that does more than ``predict``)."""
+    from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
+    from pansight.models.yolact_edge import YolactEdge
+
+    return {YolactEdge: YolactEdgeOnnxPredictor}
+
+
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxPredictor:
-    """The :class:`OnnxPredictor` of a pansight ONNX file."""
-    return OnnxPredictor(path, threads)
+    """The predictor of a pansight ONNX file: an :class:`OnnxPredictor`, or the subclass
+    :func:`predictor_types` names for the file's model class."""
+    from pansight.models.zoo import MODELS
+
+    session = open_session(Path(path), threads)
+    model_name = session.get_modelmeta().custom_metadata_map.get(f"{PREFIX}model_name")
+    entry = MODELS.get(model_name or "")
+    predictor_type = predictor_types().get(entry.builder if entry else None, OnnxPredictor)
+    return predictor_type(path, threads, session)

@@ -157,10 +157,26 @@ class PanopticFPN(PansightModel):
         self.semantic_head = SemanticFPNHead(
             config.fpn_channels, config.semantic_channels, len(stuff_labels) + 1
         )
-        semantic_class_of = torch.full((len(flags),), len(stuff_labels), dtype=torch.int64)
-        semantic_class_of[stuff_labels] = torch.arange(len(stuff_labels))
-        self.register_buffer("thing_label_of", torch.tensor(thing_labels), False)
-        self.register_buffer("stuff_label_of", torch.tensor([*stuff_labels, NO_STUFF]), False)
+        self._register_label_maps(thing_labels, stuff_labels)
+
+    def _register_label_maps(self, thing_labels: list[int], stuff_labels: list[int]) -> None:
+        """The label maps between the model's and the branches' label spaces, as buffers.
+
+        They are made on the CPU even when the model is built on the ``meta`` device (as the
+        ONNX predictor builds its weightless copy), since ``postprocess`` reads them; moving
+        the model moves them.
+        """
+        cpu = torch.device("cpu")
+        semantic_class_of = torch.full(
+            (len(thing_labels) + len(stuff_labels),),
+            len(stuff_labels),
+            dtype=torch.int64,
+            device=cpu,
+        )
+        semantic_class_of[stuff_labels] = torch.arange(len(stuff_labels), device=cpu)
+        self.register_buffer("thing_label_of", torch.tensor(thing_labels, device=cpu), False)
+        stuff_label_of = torch.tensor([*stuff_labels, NO_STUFF], device=cpu)
+        self.register_buffer("stuff_label_of", stuff_label_of, False)
         self.register_buffer("semantic_class_of", semantic_class_of, False)
 
     def preprocess(

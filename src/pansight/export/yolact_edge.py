@@ -1,0 +1,288 @@
+"""ONNX export of YolactEdge: one graph holding both paths, and its onnxruntime video predictor.
+
+The graph (:func:`keyframe_switch_graph`) chooses the path with an ONNX ``If`` on its
+``keyframe`` input, so one file carries the whole model:
+
+- inputs: ``images`` ``(B, 3, S, S)`` preprocessed; ``keyframe`` a scalar bool; the keyframe
+  state :data:`STATE_INPUTS` (read only on a non-keyframe; any values of the right shapes on a
+  keyframe): the keyframe's ``c3`` lateral ``(B, C, S/8, S/8)``, its reduction by
+  ``flow_reduce`` ``(B, E, S/8, S/8)`` and its FPN phase-1 ``p4`` ``(B, C, S/16, S/16)`` and
+  ``p5`` ``(B, C, S/32, S/32)`` (sizes rounded up as the ResNet strides round);
+- outputs: YOLACT's (:data:`~pansight.export.graph.EXPORT_SPECS`), then the keyframe state
+  after this frame, :data:`STATE_OUTPUTS`: the frame's own features on a keyframe, the inputs
+  passed through on a non-keyframe (YolactEdge keeps the keyframe's features until the next).
+
+The ``then`` branch is the keyframe path (full ResNet and FPN), the ``else`` branch the
+non-keyframe path (ResNet to ``c3``, flow, warp as ONNX ``GridSample``, SPA), both ending in the
+FPN smoothing, the protonet and the head. Weights shared by the branches are stored once.
+
+:class:`YolactEdgeOnnxPredictor` runs the graph with the eager model's keyframe decision
+(:meth:`~pansight.models.yolact_edge.YolactEdge.is_keyframe`) and state type; ``predict`` takes
+the keyframe path, as the eager model's does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import Tensor, nn
+
+from pansight.errors import ConfigError
+from pansight.export.graph import EXPORT_SPECS, INPUT_NAME, trace_module
+from pansight.export.predictor import OnnxPredictor
+from pansight.models.yolact import YolactOutputs
+from pansight.models.yolact_edge import KeyframeFeatures, StreamState, YolactEdge
+from pansight.ops.histograms import colour_histograms
+from pansight.structures import Detections, ImageBatch
+
+KEYFRAME_INPUT = "keyframe"
+STATE_FIELDS = ("c3_lateral", "reduced_c3", "p4", "p5")
+"""The :class:`KeyframeFeatures` fields the graph reads and writes, in graph order."""
+STATE_INPUTS = tuple(f"keyframe_{name}" for name in STATE_FIELDS)
+STATE_OUTPUTS = tuple(f"next_keyframe_{name}" for name in STATE_FIELDS)
+HEAD_OUTPUTS = EXPORT_SPECS[YolactEdge].output_names
+
+
+def image_batch(images: Tensor) -> ImageBatch:
+    """``images`` ``(B, 3, S, S)`` as a batch whose original sizes are the input size."""
+    sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
+    return ImageBatch(images, sizes, sizes)
+
+
+def head_outputs(outputs: YolactOutputs) -> tuple[Tensor, ...]:
+    return tuple(getattr(outputs, name) for name in HEAD_OUTPUTS)
+
+
+class KeyframeGraph(nn.Module):
+    """The keyframe path: ``images`` -> YOLACT's outputs and the frame's keyframe state."""
+
+    def __init__(self, model: YolactEdge) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        model = self.model
+        top_down, c3_lateral = model.fpn.top_down(model.body(model.normalize(images)))
+        outputs = model.outputs_from_levels(model.fpn.smooth(top_down))
+        reduced_c3 = model.flow_reduce(c3_lateral)
+        return (*head_outputs(outputs), c3_lateral, reduced_c3, top_down["p4"], top_down["p5"])
+
+
+class TransferGraph(nn.Module):
+    """The non-keyframe path: ``images`` and the keyframe state -> YOLACT's outputs and the
+    state unchanged."""
+
+    def __init__(self, model: YolactEdge) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        c3_lateral, reduced_c3, p4, p5 = state
+        keyframe = KeyframeFeatures(c3_lateral, p4, p5, images.new_zeros(0), reduced_c3)
+        top_down, _ = self.model.transferred_top_down(image_batch(images), keyframe)
+        outputs = self.model.outputs_from_levels(self.model.fpn.smooth(top_down))
+        return (*head_outputs(outputs), *state)
+
+
+def keyframe_switch_graph(model: YolactEdge, images: Tensor, dynamic: bool) -> onnx.ModelProto:
+    """Trace both paths of ``model`` on ``images`` ``(1, 3, S, S)`` and join them under an
+    ``If`` on ``keyframe`` (see the module docstring); ``dynamic`` makes the batch axis of every
+    input and output but the flag and ``priors`` dynamic."""
+    output_names = [*HEAD_OUTPUTS, *STATE_OUTPUTS]
+
+    def batch_axes(input_names: list[str]) -> dict[str, dict[int, str]] | None:
+        batched = [*input_names, *(name for name in output_names if name != "priors")]
+        return {name: {0: "batch"} for name in batched} if dynamic else None
+
+    keyframe_module = KeyframeGraph(model)
+    keyframe_inputs = [INPUT_NAME]
+    keyframe = trace_module(
+        keyframe_module, (images,), keyframe_inputs, output_names, batch_axes(keyframe_inputs)
+    )
+    transfer_inputs = [INPUT_NAME, *STATE_INPUTS]
+    transfer = trace_module(
+        TransferGraph(model),
+        (images, *example_state(keyframe_module, images)),
+        transfer_inputs,
+        output_names,
+        batch_axes(transfer_inputs),
+    )
+    return join_under_if(keyframe, transfer)
+
+
+def example_state(keyframe_module: KeyframeGraph, images: Tensor) -> tuple[Tensor, ...]:
+    """The keyframe state of ``images``, to trace the non-keyframe path on (the model in eval
+    mode meanwhile)."""
+    model = keyframe_module.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return keyframe_module(images)[len(HEAD_OUTPUTS) :]
+    finally:
+        model.train(was_training)
+
+
+def join_under_if(keyframe: onnx.ModelProto, transfer: onnx.ModelProto) -> onnx.ModelProto:
+    """One model: ``transfer``'s inputs plus a scalar bool ``keyframe``, and one ``If`` node
+    running ``keyframe``'s graph (which reads ``images`` only) when it is true, ``transfer``'s
+    otherwise. Both graphs have the same output names; their weights become the model's
+    initializers, identical tensors stored once."""
+    branches = [
+        onnx.compose.add_prefix_graph(model.graph, prefix, rename_inputs=False)
+        for model, prefix in ((keyframe, "keyframe/"), (transfer, "transfer/"))
+    ]
+    initializers = hoist_initializers(branches)
+    node = onnx.helper.make_node(
+        "If",
+        [KEYFRAME_INPUT],
+        [output.name for output in transfer.graph.output],
+        then_branch=branches[0],
+        else_branch=branches[1],
+    )
+    flag = onnx.helper.make_tensor_value_info(KEYFRAME_INPUT, onnx.TensorProto.BOOL, [])
+    inputs = [transfer.graph.input[0], flag, *transfer.graph.input[1:]]
+    graph = onnx.helper.make_graph(
+        [node], "yolact_edge", inputs, list(transfer.graph.output), initializers
+    )
+    joined = onnx.helper.make_model(
+        graph, opset_imports=keyframe.opset_import, ir_version=keyframe.ir_version
+    )
+    onnx.checker.check_model(joined)
+    return joined
+
+
+def hoist_initializers(branches: list[onnx.GraphProto]) -> list[onnx.TensorProto]:
+    """Move the branches' initializers out (branches read the outer graph's by name); keep one
+    of each set of identical tensors and point the branches' nodes at it."""
+    kept: dict[bytes, onnx.TensorProto] = {}
+    renames: dict[str, str] = {}
+    for branch in branches:
+        for tensor in branch.initializer:
+            content = onnx.TensorProto()
+            content.CopyFrom(tensor)
+            content.ClearField("name")
+            canonical = kept.setdefault(content.SerializeToString(), tensor)
+            renames[tensor.name] = canonical.name
+        del branch.input[:]
+        del branch.initializer[:]
+        for node in branch.node:
+            node.input[:] = [renames.get(name, name) for name in node.input]
+    return list(kept.values())
+
+
+class YolactEdgeOnnxPredictor(OnnxPredictor):
+    """An exported YolactEdge run by onnxruntime: :class:`OnnxPredictor`'s ``predict`` (every
+    image a keyframe) and the eager model's video interface, :meth:`predict_video_frame` and
+    :meth:`predict_video`, with the same :class:`StreamState` and keyframe rules.
+
+    A file exported without the flow module (``with_flow=false``) is a YOLACT graph: every
+    frame is a keyframe.
+
+    Attributes:
+        has_flow: whether the graph has the non-keyframe path (the model was built
+            ``with_flow``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        session: onnxruntime.InferenceSession | None = None,
+    ) -> None:
+        super().__init__(path, threads, session)
+        graph_inputs = self.session.get_inputs()
+        self.has_flow = any(graph_input.name == KEYFRAME_INPUT for graph_input in graph_inputs)
+        self._state_shapes = {
+            graph_input.name: graph_input.shape[1:]
+            for graph_input in graph_inputs
+            if graph_input.name in STATE_INPUTS
+        }
+
+    def forward_frame(
+        self, batch: ImageBatch, state: StreamState | None = None, keyframe: bool | None = None
+    ) -> tuple[YolactOutputs, StreamState]:
+        """As :meth:`~pansight.models.yolact_edge.YolactEdge.forward_frame`: one video frame
+        per image of ``batch`` -> its outputs and the state after it.
+
+        Raises:
+            ConfigError: the images' size differs from the graph's, or their number from the
+                batch size of a graph exported without ``dynamic``.
+        """
+        sizes = tuple((int(height), int(width)) for height, width in batch.original_sizes)
+        next_index = 0 if state is None else state.frame_index + 1
+        images = batch.tensor.detach().float().cpu()
+        self._check_spatial_size(images)
+        if self.batch_size not in (None, len(images)):
+            raise ConfigError(
+                f"{self.path}: the graph streams {self.batch_size} frame(s) at a time, not "
+                f"{len(images)}; export it with --dynamic for other batch sizes"
+            )
+        if state is None or self.model.is_keyframe(state, sizes, keyframe, batch):
+            outputs, features = self._run_frame(images, None)
+            features["histograms"] = colour_histograms(batch.tensor)
+            return outputs, StreamState(KeyframeFeatures(**features), sizes, next_index, 0)
+        outputs, _ = self._run_frame(images, state.keyframe)
+        steps = state.frames_since_keyframe + 1
+        return outputs, dataclasses.replace(
+            state, frame_index=next_index, frames_since_keyframe=steps
+        )
+
+    def predict_video_frame(
+        self, image: Tensor, state: StreamState | None = None, keyframe: bool | None = None
+    ) -> tuple[Detections, StreamState]:
+        """Detections for one ``(3, h, w)`` frame in ``[0, 1]`` and the state after it (as the
+        eager model's :meth:`~pansight.models.yolact_edge.YolactEdge.predict_video_frame`)."""
+        with torch.no_grad():
+            batch, _ = self.preprocess([image.cpu()])
+            outputs, state = self.forward_frame(batch, state, keyframe)
+            (detections,) = self.postprocess(outputs, batch)
+        return detections, state
+
+    def predict_video(self, frames: Iterable[Tensor]) -> list[Detections]:
+        """Detections of each ``(3, h, w)`` frame, keyframes every ``keyframe_interval``."""
+        results = []
+        state = None
+        for frame in frames:
+            detections, state = self.predict_video_frame(frame, state)
+            results.append(detections)
+        return results
+
+    def _run(self, images: Tensor) -> list[np.ndarray]:
+        if not self.has_flow:
+            return super()._run(images)
+        feeds = self._feeds(images, None)
+        return self.session.run(list(self.spec.output_names), feeds)
+
+    def _run_frame(
+        self, images: Tensor, keyframe: KeyframeFeatures | None
+    ) -> tuple[YolactOutputs, dict[str, Tensor]]:
+        """The outputs of one frame batch ``(B, 3, S, S)`` (the keyframe path when
+        ``keyframe`` is ``None``) and, for a keyframe, its :data:`STATE_FIELDS` (empty
+        tensors without the flow module, whose frames never read them)."""
+        if not self.has_flow:
+            return self(image_batch(images)), dict.fromkeys(STATE_FIELDS, images.new_zeros(0))
+        names = [*HEAD_OUTPUTS, *(STATE_OUTPUTS if keyframe is None else ())]
+        feeds = self._feeds(images, keyframe)
+        arrays = [torch.from_numpy(array) for array in self.session.run(names, feeds)]
+        fields = dict.fromkeys(field.name for field in dataclasses.fields(YolactOutputs))
+        fields.update(zip(HEAD_OUTPUTS, arrays))
+        return YolactOutputs(**fields), dict(zip(STATE_FIELDS, arrays[len(HEAD_OUTPUTS) :]))
+
+    def _feeds(self, images: Tensor, keyframe: KeyframeFeatures | None) -> dict[str, np.ndarray]:
+        """The graph's inputs: the images, the flag, and the keyframe's state (zeros of the
+        state's shapes for the keyframe path, which does not read them)."""
+        feeds = {INPUT_NAME: images.numpy(), KEYFRAME_INPUT: np.array(keyframe is None)}
+        for field, name in zip(STATE_FIELDS, STATE_INPUTS):
+            if keyframe is None:
+                shape = [len(images), *self._state_shapes[name]]
+                feeds[name] = np.zeros(shape, dtype=np.float32)
+            else:
+                feeds[name] = getattr(keyframe, field).float().cpu().numpy()
+        return feeds
