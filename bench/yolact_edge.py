@@ -23,7 +23,10 @@ the IoU tracker) on ``--val-clips`` validation clips of ``--val-frames`` frames,
 a keyframe (YOLACT) and with a keyframe every ``--interval`` frames. ``ap_drop`` is YOLACT's
 mask AP minus YolactEdge's, in points. Without a checkpoint it is ``nan``.
 
-Usage: ``python bench/yolact_edge.py [--runs 3] [--frames 10] [--checkpoint model.pt]``
+``--no-spa`` times YolactEdge without SPA (``model.with_spa=false``; pass a checkpoint trained
+that way for the AP).
+
+Usage: ``python bench/yolact_edge.py [--runs 3] [--frames 10] [--no-spa] [--checkpoint model.pt]``
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backbones", nargs="+", choices=sorted(BACKBONES), default=["r50", "r101"]
     )
+    parser.add_argument(
+        "--no-spa", action="store_true", help="time YolactEdge without SPA (with_spa=false)"
+    )
     parser.add_argument("--checkpoint", help="a trained YolactEdge for the mask AP comparison")
     parser.add_argument("--val-clips", type=int, default=30, help="validation clips for AP")
     parser.add_argument("--val-frames", type=int, default=10, help="frames per validation clip")
@@ -69,10 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_pair(name: str, frames: list[Tensor], seed: int) -> tuple[Yolact, YolactEdge]:
-    """YOLACT and YolactEdge (zoo ``name``) with the same random weights, both optimised."""
+def build_pair(
+    name: str, frames: list[Tensor], seed: int, with_spa: bool = True
+) -> tuple[Yolact, YolactEdge]:
+    """YOLACT and YolactEdge (zoo ``name``, SPA as ``with_spa`` says) with the same random
+    weights, both optimised."""
     class_names = coco_80_class_names()
-    edge = build_model(name, class_names).eval()
+    edge = build_model(name, class_names, {"with_spa": with_spa}).eval()
     randomise(YOLACT, edge, frames[:2], seed)
     identity_transfer(edge)
     plain = build_model(YOLACT, class_names, {"backbone": edge.config.backbone}).eval()
@@ -91,7 +100,7 @@ def identity_transfer(edge: YolactEdge) -> None:
             conv.weight.zero_()
         prediction.scale.bias.fill_(1.0)
         prediction.bias.bias.zero_()
-    for refine in edge.spa.refine_convs:
+    for refine in edge.spa.refine_convs if edge.config.with_spa else ():
         refine[0].weight.zero_()
         refine[0].bias.zero_()
 
@@ -149,7 +158,7 @@ def latency_row(times: dict[str, list[list[float]]], interval: int) -> dict[str,
     }
 
 
-def video_ap(args: argparse.Namespace) -> dict[str, float]:
+def video_ap(args: argparse.Namespace) -> dict[str, float | bool]:
     """Video mask AP of the checkpoint with every frame a keyframe and at ``--interval``."""
     model = load(args.checkpoint).eval()
     if not isinstance(model, YolactEdge):
@@ -161,6 +170,7 @@ def video_ap(args: argparse.Namespace) -> dict[str, float]:
     every = evaluate_video(model, clips, keyframe_interval=1, progress=False)
     edge = evaluate_video(model, clips, keyframe_interval=args.interval, progress=False)
     return {
+        "with_spa": model.config.with_spa,
         "yolact": every["mask_AP"],
         "edge": edge["mask_AP"],
         "yolact50": every["mask_AP50"],
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     rows, notes = {}, []
     for backbone in args.backbones:
-        plain, edge = build_pair(BACKBONES[backbone], frames, args.seed)
+        plain, edge = build_pair(BACKBONES[backbone], frames, args.seed, not args.no_spa)
         notes.append(f"{backbone}: " + check_keyframe_is_yolact(plain, edge, frames[0]))
         rows[backbone] = latency_row(frame_times(plain, edge, frames, args), args.interval)
         del plain, edge
@@ -188,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"YolactEdge vs YOLACT, {args.frames} frames of {height}x{width} at 550x550, keyframe "
-        f"every {args.interval} frames, {args.threads} threads, median of {args.runs} runs"
+        f"every {args.interval} frames, {'no ' if args.no_spa else ''}SPA, {args.threads} "
+        f"threads, median of {args.runs} runs"
     )
     print("\n".join(notes))
     print(
@@ -209,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         drop = 100 * (accuracy["yolact"] - accuracy["edge"])
         print(
             f"video mask AP on {args.val_clips} validation clips of {args.val_frames} frames "
-            f"({args.checkpoint}): YOLACT (every frame a keyframe) {accuracy['yolact']:.3f} "
+            f"({args.checkpoint}, with_spa={accuracy['with_spa']}): "
+            f"YOLACT (every frame a keyframe) {accuracy['yolact']:.3f} "
             f"(AP50 {accuracy['yolact50']:.3f}), YolactEdge (interval {args.interval}) "
             f"{accuracy['edge']:.3f} (AP50 {accuracy['edge50']:.3f})"
         )
