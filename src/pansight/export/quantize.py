@@ -1,14 +1,25 @@
 """INT8 static quantization of an exported pansight ONNX file with onnxruntime.
 
 :func:`quantize_onnx` reads an fp32 export, runs it on calibration images (preprocessed by the
-model's own ``preprocess``, exactly as at prediction time) to find each activation's range, and
-writes an int8 graph in the QDQ format: ``QuantizeLinear``/``DequantizeLinear`` pairs around
-the convolutions, uint8 activations, int8 weights with one scale per output channel.
-onnxruntime's CPU provider fuses each pair-wrapped ``Conv`` into one ``QLinearConv`` (u8s8,
-the form its VNNI kernels take). The file keeps the export's metadata, with ``precision``
-``int8`` and the names of the nodes left in float (``fp32_nodes``), so
-:class:`~pansight.export.predictor.OnnxPredictor` opens it unchanged: inputs and outputs are
-the same float tensors.
+model's own ``preprocess``, exactly as at prediction time, and fed with every input the graph
+takes) to find each activation's range, and writes an int8 graph in the QDQ format:
+``QuantizeLinear``/``DequantizeLinear`` pairs around the convolutions, uint8 activations, int8
+weights with one scale per output channel. onnxruntime's CPU provider fuses each pair-wrapped
+``Conv`` into one ``QLinearConv`` (u8s8, the form its VNNI kernels take). The file keeps the
+export's metadata, with ``precision`` ``int8`` and the names of the nodes left in float
+(``fp32_nodes``), so :class:`~pansight.export.predictor.OnnxPredictor` opens it unchanged:
+inputs and outputs are the same float tensors.
+
+Int8 covers every exportable model (:data:`QUANTIZABLE`): the classifiers, localizers, FCNs,
+YOLACT, YolactEdge, Faster/Mask R-CNN and Panoptic FPN. In the plain convolution networks
+every operator onnxruntime quantizes is quantized. In the R-CNN graphs
+(:mod:`pansight.export.rcnn`, inputs ``images`` and ``image_sizes``) only the convolutions are
+(backbone, FPN, RPN head, mask head, semantic branch): the box head's fully connected layers,
+which give the scores and box deltas, and the detection steps (anchors, box decoding, NMS,
+RoIAlign) stay in float. onnxruntime's calibrator does not look inside ``If`` branches, so a
+YolactEdge graph (:mod:`pansight.export.yolact_edge`) is split into its keyframe and
+non-keyframe paths, each quantized as a model of its own (the non-keyframe path calibrated on
+each image with its own keyframe state and with the previous image's), and joined back.
 
 Some layers lose more than the rest when quantized; ``keep_fp32_outputs`` keeps in float the
 convolutions that compute the named graph outputs (by default YOLACT's prediction head, as
@@ -24,6 +35,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -40,19 +52,30 @@ from torch import Tensor
 from pansight.config import DataConfig, from_dict
 from pansight.errors import CheckpointError, ConfigError, DataError
 from pansight.export.graph import INPUT_NAME, write_atomically
+from pansight.export.rcnn import IMAGE_SIZES_NAME
 from pansight.models.classifier import Classifier
 from pansight.models.fcn import FCN
 from pansight.models.localizer import Localizer
+from pansight.models.panoptic_fpn import PanopticFPN
+from pansight.models.rcnn import FasterRCNN, MaskRCNN
 from pansight.models.yolact import Yolact
+from pansight.models.yolact_edge import KeyframeFeatures, YolactEdge
+from pansight.structures import ImageBatch
+
+if TYPE_CHECKING:
+    from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
 
 DEFAULT_CALIBRATION_IMAGES = 32
 CALIBRATION_SPLIT = "train"
 """Calibration reads the training split, so validation metrics stay honest."""
-QUANTIZABLE = (Classifier, Localizer, FCN, Yolact)
-"""The model classes whose graphs quantize (plain convolution networks, one image input)."""
-DEFAULT_FP32_OUTPUTS: dict[type, tuple[str, ...]] = {
-    Yolact: ("box_deltas", "class_logits", "mask_coefficients"),
-}
+RCNN_CLASSES = (FasterRCNN, MaskRCNN, PanopticFPN)
+QUANTIZABLE = (Classifier, Localizer, FCN, Yolact, YolactEdge, *RCNN_CLASSES)
+"""The model classes whose graphs quantize."""
+QUANTIZED_OPERATORS: dict[type, tuple[str, ...]] = dict.fromkeys(RCNN_CLASSES, ("Conv",))
+"""The operator types quantized, per model class; absent: every type onnxruntime quantizes."""
+DEFAULT_FP32_OUTPUTS: dict[type, tuple[str, ...]] = dict.fromkeys(
+    (Yolact, YolactEdge), ("box_deltas", "class_logits", "mask_coefficients")
+)
 """Graph outputs whose final convolutions stay in float by default, per model class."""
 
 
@@ -81,19 +104,32 @@ class Int8Options:
     reduce_range: bool = False
 
 
-class PreprocessedImages(CalibrationDataReader):
-    """Feeds ``(1, 3, H, W)`` preprocessed images, one per ``get_next``, to the calibrator."""
+def supports_int8(model_cls: type) -> bool:
+    """Whether :func:`quantize_onnx` quantizes the exports of ``model_cls``."""
+    return model_cls in QUANTIZABLE
 
-    def __init__(self, inputs: list[np.ndarray]) -> None:
-        self.inputs = inputs
-        self._iterator: Iterator[np.ndarray] = iter(inputs)
+
+class CalibrationFeeds(CalibrationDataReader):
+    """Feeds the graph's inputs for one preprocessed image per ``get_next`` to the calibrator."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self._iterator: Iterator[dict[str, np.ndarray]] = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        image = next(self._iterator, None)
-        return None if image is None else {INPUT_NAME: image}
+        return next(self._iterator, None)
 
     def rewind(self) -> None:
-        self._iterator = iter(self.inputs)
+        self._iterator = iter(self.feeds)
+
+
+def graph_feeds(batch: ImageBatch, per_image: bool) -> dict[str, np.ndarray]:
+    """The inputs of a graph for ``batch``, one preprocessed image: ``images`` ``(1, 3, H,
+    W)``, and for an R-CNN graph (``per_image``) ``image_sizes`` ``(1, 2)`` int64 ``(h, w)``."""
+    feeds = {INPUT_NAME: batch.tensor.detach().float().cpu().numpy()}
+    if per_image:
+        feeds[IMAGE_SIZES_NAME] = np.array(batch.image_sizes, dtype=np.int64).reshape(-1, 2)
+    return feeds
 
 
 def quantize_onnx(
@@ -109,14 +145,15 @@ def quantize_onnx(
             calibration data set that cannot serve the model's task.
         DataError: the calibration data set is unreadable or empty.
     """
-    from pansight.export.predictor import OnnxPredictor
+    from pansight.export.predictor import load_onnx
 
     options = options or Int8Options()
     fp32_path, out = Path(fp32_path), Path(out)
-    predictor = OnnxPredictor(fp32_path, threads=1)
+    predictor = load_onnx(fp32_path, threads=1)
     if predictor.metadata.precision != "fp32":
         raise CheckpointError(f"{fp32_path}: already {predictor.metadata.precision}; quantize fp32")
-    if type(predictor.model) not in QUANTIZABLE:
+    model = predictor.model
+    if not supports_int8(type(model)):
         supported = ", ".join(cls.__name__ for cls in QUANTIZABLE)
         raise ConfigError(
             f"int8 quantization of {predictor.metadata.model_name} is not supported yet; "
@@ -124,28 +161,124 @@ def quantize_onnx(
         )
     data = options.calibration or from_dict(DataConfig, predictor.metadata.train_data)
     images = calibration_images(data, predictor.task, options.num_images)
-    inputs = [predictor.preprocess([image])[0].tensor.numpy() for image in images]
+    batches = [predictor.preprocess([image])[0] for image in images]
+    fp32_graph = onnx.load(fp32_path)
     with tempfile.TemporaryDirectory(prefix="pansight-int8-") as folder:
-        prepared, quantized = Path(folder) / "prepared.onnx", Path(folder) / "int8.onnx"
-        quant_pre_process(onnx.load(fp32_path), prepared)
-        fp32_nodes = fp32_node_names(onnx.load(prepared), type(predictor.model), options)
-        quantize_static(
-            prepared,
-            quantized,
-            PreprocessedImages(inputs),
-            quant_format=QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            reduce_range=options.reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=fp32_nodes,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        int8_graph = onnx.load(quantized)
+        job = QuantizationJob(type(model), options, Path(folder), bool(predictor.spec.per_image))
+        if isinstance(model, YolactEdge) and model.config.with_flow:
+            int8_graph, fp32_nodes = quantize_switch(job, fp32_graph, predictor, batches)
+        else:
+            check_exclude_nodes([fp32_graph], options)
+            feeds = [graph_feeds(batch, job.per_image) for batch in batches]
+            int8_graph, fp32_nodes = job.quantize(fp32_graph, feeds)
     metadata = replace(predictor.metadata, precision="int8", fp32_nodes=fp32_nodes)
     del int8_graph.metadata_props[:]
     onnx.helper.set_model_props(int8_graph, metadata.to_props())
     return write_atomically(int8_graph, out)
+
+
+@dataclass(frozen=True)
+class QuantizationJob:
+    """onnxruntime's static quantization of graphs of ``model_cls`` as ``options`` say, with
+    work files in ``folder``; ``per_image``: R-CNN graphs (no symbolic shape inference, which
+    their data-dependent shapes defeat)."""
+
+    model_cls: type
+    options: Int8Options
+    folder: Path
+    per_image: bool = False
+
+    def quantize(
+        self, graph: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], prefix: str = ""
+    ) -> tuple[onnx.ModelProto, list[str]]:
+        """``graph`` quantized after calibration on ``feeds`` (one dict of graph inputs per
+        image), and the names of its nodes left in float; ``prefix`` is that of the graph's
+        names (an ``If`` branch's), which the output names of ``options`` lack."""
+        stem = self.folder / (prefix.strip("/") or "graph")
+        prepared, quantized = stem.with_suffix(".prepared.onnx"), stem.with_suffix(".int8.onnx")
+        quant_pre_process(graph, prepared, skip_symbolic_shape=self.per_image)
+        fp32_nodes = fp32_node_names(onnx.load(prepared), self.model_cls, self.options, prefix)
+        operators = QUANTIZED_OPERATORS.get(self.model_cls)
+        quantize_static(
+            prepared,
+            quantized,
+            CalibrationFeeds(feeds),
+            quant_format=QuantFormat.QDQ,
+            per_channel=self.options.per_channel,
+            reduce_range=self.options.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=fp32_nodes,
+            calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=list(operators) if operators else None,
+        )
+        return onnx.load(quantized), fp32_nodes
+
+
+def quantize_switch(
+    job: QuantizationJob,
+    joined: onnx.ModelProto,
+    predictor: YolactEdgeOnnxPredictor,
+    batches: list[ImageBatch],
+) -> tuple[onnx.ModelProto, list[str]]:
+    """A YolactEdge graph (:mod:`pansight.export.yolact_edge`) quantized branch by branch: the
+    keyframe path calibrated on ``batches``, the non-keyframe path on each batch with its own
+    keyframe state and with the previous batch's; the quantized branches joined back under the
+    ``If``. Returns it and the names of the nodes left in float."""
+    from pansight.export.yolact_edge import (
+        KEYFRAME_PREFIX,
+        TRANSFER_PREFIX,
+        branch_models,
+        switch_model,
+    )
+
+    keyframe, transfer = branch_models(joined)
+    check_exclude_nodes([keyframe, transfer], job.options)
+    states = [predictor.forward_frame(batch)[1].keyframe for batch in batches]
+    pairs = [(index, index) for index in range(len(batches))]
+    pairs += [(index - 1, index) for index in range(1, len(batches))]
+    transfer_feeds = [
+        graph_feeds(batches[frame], False) | keyframe_feeds(states[key]) for key, frame in pairs
+    ]
+    keyframe, keyframe_nodes = job.quantize(
+        keyframe, [graph_feeds(batch, False) for batch in batches], KEYFRAME_PREFIX
+    )
+    transfer, transfer_nodes = job.quantize(transfer, transfer_feeds, TRANSFER_PREFIX)
+    graphs = [outputs_from_nodes(keyframe.graph), outputs_from_nodes(transfer.graph)]
+    int8 = switch_model(graphs, list(joined.graph.input), list(joined.graph.output), keyframe)
+    return int8, sorted(keyframe_nodes + transfer_nodes)
+
+
+def outputs_from_nodes(graph: onnx.GraphProto) -> onnx.GraphProto:
+    """``graph`` with every output that is an initializer (a constant folded by the
+    optimizer, such as YOLACT's priors) computed by an ``Identity`` node instead, as an ``If``
+    branch's outputs must be; the initializer takes the suffix ``/value``."""
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    for output in graph.output:
+        if output.name in constants:
+            constants[output.name].name = f"{output.name}/value"
+            graph.node.append(
+                onnx.helper.make_node("Identity", [f"{output.name}/value"], [output.name])
+            )
+    return graph
+
+
+def keyframe_feeds(keyframe: KeyframeFeatures) -> dict[str, np.ndarray]:
+    """The keyframe-state inputs of a YolactEdge graph holding ``keyframe``'s features."""
+    from pansight.export.yolact_edge import STATE_FIELDS, STATE_INPUTS
+
+    return {
+        name: getattr(keyframe, field).float().cpu().numpy()
+        for field, name in zip(STATE_FIELDS, STATE_INPUTS)
+    }
+
+
+def check_exclude_nodes(graphs: list[onnx.ModelProto], options: Int8Options) -> None:
+    """Raises ConfigError: ``options.exclude_nodes`` names a node none of ``graphs`` has."""
+    known = {node.name for graph in graphs for node in graph.graph.node}
+    missing = sorted(set(options.exclude_nodes) - known)
+    if missing:
+        raise ConfigError(f"exclude_nodes {missing} are not nodes of the graph")
 
 
 def calibration_images(data: DataConfig, task: str, num_images: int) -> list[Tensor]:
@@ -171,22 +304,22 @@ def calibration_images(data: DataConfig, task: str, num_images: int) -> list[Ten
     return [dataset[int(index)][0] for index in indices]
 
 
-def fp32_node_names(graph: onnx.ModelProto, model_cls: type, options: Int8Options) -> list[str]:
+def fp32_node_names(
+    graph: onnx.ModelProto, model_cls: type, options: Int8Options, prefix: str = ""
+) -> list[str]:
     """Names of the nodes of ``graph`` to leave in float: the final convolutions of
-    ``options.keep_fp32_outputs`` (default: the model class's) and ``options.exclude_nodes``.
+    ``options.keep_fp32_outputs`` (default: the model class's; output names as the graph has
+    them after ``prefix``) and those of ``options.exclude_nodes`` the graph has.
 
     Raises:
-        ConfigError: an output or node name the graph lacks.
+        ConfigError: an output name the graph lacks.
     """
     outputs = options.keep_fp32_outputs
     if outputs is None:
         outputs = DEFAULT_FP32_OUTPUTS.get(model_cls, ())
-    names = final_convolutions(graph, outputs)
+    names = final_convolutions(graph, [prefix + output for output in outputs])
     known = {node.name for node in graph.graph.node}
-    missing = sorted(set(options.exclude_nodes) - known)
-    if missing:
-        raise ConfigError(f"exclude_nodes {missing} are not nodes of the graph")
-    return sorted(set(names) | set(options.exclude_nodes))
+    return sorted(set(names) | (set(options.exclude_nodes) & known))
 
 
 def final_convolutions(graph: onnx.ModelProto, outputs: Sequence[str]) -> list[str]:

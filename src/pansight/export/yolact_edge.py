@@ -47,6 +47,8 @@ STATE_FIELDS = ("c3_lateral", "reduced_c3", "p4", "p5")
 STATE_INPUTS = tuple(f"keyframe_{name}" for name in STATE_FIELDS)
 STATE_OUTPUTS = tuple(f"next_keyframe_{name}" for name in STATE_FIELDS)
 HEAD_OUTPUTS = EXPORT_SPECS[YolactEdge].output_names
+KEYFRAME_PREFIX, TRANSFER_PREFIX = "keyframe/", "transfer/"
+"""Prefixes of the names inside the ``If`` branches."""
 
 
 def image_batch(images: Tensor) -> ImageBatch:
@@ -136,40 +138,83 @@ def join_under_if(keyframe: onnx.ModelProto, transfer: onnx.ModelProto) -> onnx.
     initializers, identical tensors stored once."""
     branches = [
         onnx.compose.add_prefix_graph(model.graph, prefix, rename_inputs=False)
-        for model, prefix in ((keyframe, "keyframe/"), (transfer, "transfer/"))
+        for model, prefix in ((keyframe, KEYFRAME_PREFIX), (transfer, TRANSFER_PREFIX))
     ]
+    flag = onnx.helper.make_tensor_value_info(KEYFRAME_INPUT, onnx.TensorProto.BOOL, [])
+    inputs = [transfer.graph.input[0], flag, *transfer.graph.input[1:]]
+    return switch_model(branches, inputs, list(transfer.graph.output), keyframe)
+
+
+def switch_model(
+    branches: list[onnx.GraphProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    template: onnx.ModelProto,
+) -> onnx.ModelProto:
+    """One model of ``inputs`` and ``outputs`` whose single ``If`` on ``keyframe`` runs
+    ``branches[0]`` when it is true, ``branches[1]`` otherwise; the branches' initializers are
+    hoisted (:func:`hoist_initializers`); opsets and IR version are ``template``'s."""
     initializers = hoist_initializers(branches)
     node = onnx.helper.make_node(
         "If",
         [KEYFRAME_INPUT],
-        [output.name for output in transfer.graph.output],
+        [output.name for output in outputs],
         then_branch=branches[0],
         else_branch=branches[1],
     )
-    flag = onnx.helper.make_tensor_value_info(KEYFRAME_INPUT, onnx.TensorProto.BOOL, [])
-    inputs = [transfer.graph.input[0], flag, *transfer.graph.input[1:]]
-    graph = onnx.helper.make_graph(
-        [node], "yolact_edge", inputs, list(transfer.graph.output), initializers
-    )
+    graph = onnx.helper.make_graph([node], "yolact_edge", inputs, outputs, initializers)
     joined = onnx.helper.make_model(
-        graph, opset_imports=keyframe.opset_import, ir_version=keyframe.ir_version
+        graph, opset_imports=template.opset_import, ir_version=template.ir_version
     )
     onnx.checker.check_model(joined)
     return joined
 
 
+def branch_models(joined: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The keyframe and the non-keyframe branch of a :func:`join_under_if` model as standalone
+    models: inputs ``images`` (and the keyframe state :data:`STATE_INPUTS`), the initializers
+    they read, outputs and all other names as in the branch (prefixed ``keyframe/`` or
+    ``transfer/``). :func:`switch_model` joins them (or versions of them) back."""
+    (switch,) = joined.graph.node
+    branches = {attribute.name: attribute.g for attribute in switch.attribute}
+    initializers = {tensor.name: tensor for tensor in joined.graph.initializer}
+    inputs = {value.name: value for value in joined.graph.input}
+    models = []
+    for name, input_names in (
+        ("then_branch", (INPUT_NAME,)),
+        ("else_branch", (INPUT_NAME, *STATE_INPUTS)),
+    ):
+        graph = onnx.GraphProto()
+        graph.CopyFrom(branches[name])
+        read = {tensor for node in graph.node for tensor in node.input} & initializers.keys()
+        graph.initializer.extend(initializers[tensor] for tensor in sorted(read))
+        graph.input.extend(inputs[input_name] for input_name in input_names)
+        models.append(
+            onnx.helper.make_model(
+                graph, opset_imports=joined.opset_import, ir_version=joined.ir_version
+            )
+        )
+    return models[0], models[1]
+
+
 def hoist_initializers(branches: list[onnx.GraphProto]) -> list[onnx.TensorProto]:
     """Move the branches' initializers out (branches read the outer graph's by name); keep one
-    of each set of identical tensors and point the branches' nodes at it."""
+    of each set of identical tensors and point the branches' nodes at it. A tensor whose name
+    another tensor already took gets the suffix ``.<branch index>``."""
     kept: dict[bytes, onnx.TensorProto] = {}
-    renames: dict[str, str] = {}
-    for branch in branches:
+    taken: set[str] = set()
+    for index, branch in enumerate(branches):
+        renames: dict[str, str] = {}
         for tensor in branch.initializer:
             content = onnx.TensorProto()
             content.CopyFrom(tensor)
             content.ClearField("name")
-            canonical = kept.setdefault(content.SerializeToString(), tensor)
-            renames[tensor.name] = canonical.name
+            key = content.SerializeToString()
+            if key not in kept:
+                content.name = tensor.name if tensor.name not in taken else f"{tensor.name}.{index}"
+                kept[key] = content
+                taken.add(content.name)
+            renames[tensor.name] = kept[key].name
         del branch.input[:]
         del branch.initializer[:]
         for node in branch.node:
