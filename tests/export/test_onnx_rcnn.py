@@ -6,6 +6,7 @@ postprocess."""
 import onnx
 import pytest
 import torch
+from onnx_parity import assert_same_detection_set
 
 from pansight.export import export_onnx, load_onnx
 from pansight.models.zoo import build_model
@@ -57,23 +58,6 @@ def exported(request, tmp_path_factory):
     return model, load_onnx(export_onnx(model, path, dynamic=name != "faster_rcnn_r18_fpn"), 1)
 
 
-def mask_iou(first, second):
-    union = (first | second).sum()
-    return float((first & second).sum() / union) if union else 1.0
-
-
-def assert_same_detections(eager, ours):
-    assert len(ours.scores) == len(eager.scores)
-    assert (ours.labels == eager.labels).all()
-    torch.testing.assert_close(ours.scores, eager.scores, atol=1e-3, rtol=0)
-    torch.testing.assert_close(ours.boxes, eager.boxes, atol=1e-3, rtol=0)
-    if eager.masks is None:
-        assert ours.masks is None
-        return
-    assert ours.masks.shape == eager.masks.shape and ours.masks.dtype == torch.bool
-    assert all(mask_iou(e, o) >= 0.98 for e, o in zip(eager.masks, ours.masks))
-
-
 def assert_same_panoptic(eager, ours):
     assert ours.ids.shape == eager.ids.shape
     assert (ours.ids == eager.ids).float().mean() >= 0.995
@@ -86,7 +70,7 @@ def assert_same_results(model, eager_results, onnx_results):
         if model.task == "panoptic":
             assert_same_panoptic(eager, ours)
         else:
-            assert_same_detections(eager, ours)
+            assert_same_detection_set(eager, ours)
 
 
 def test_graph_takes_one_image_of_any_size(exported):

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx_parity import assert_same_detections
 
 import pansight
 from pansight.cli import main
@@ -72,22 +73,6 @@ def exported(tmp_path_factory):
         for dynamic in (False, True)
     }
     return model, predictors
-
-
-def mask_iou(first, second):
-    union = (first | second).sum()
-    return float((first & second).sum() / union) if union else 1.0
-
-
-def assert_same_detections(eager_results, onnx_results):
-    assert len(onnx_results) == len(eager_results)
-    for eager, ours in zip(eager_results, onnx_results):
-        assert len(ours.scores) == len(eager.scores)
-        assert (ours.labels == eager.labels).all()
-        torch.testing.assert_close(ours.scores, eager.scores, atol=1e-3, rtol=0)
-        torch.testing.assert_close(ours.boxes, eager.boxes, atol=1e-3, rtol=0)
-        assert ours.masks.shape == eager.masks.shape and ours.masks.dtype == torch.bool
-        assert all(mask_iou(e, o) >= 0.98 for e, o in zip(eager.masks, ours.masks))
 
 
 def assert_same_outputs(eager, ours):
