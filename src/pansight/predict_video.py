@@ -8,6 +8,7 @@ Each clip (a video file, or a folder of frames) gives an annotated ``<clip>.mp4`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -151,15 +152,13 @@ def video_detections(
         ConfigError: ``keyframe_interval`` below 1 (before any frame is read).
     """
     from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
-    from pansight.models.yolact_edge import YolactEdge
+    from pansight.models.yolact_edge import YolactEdge, stream_detections
 
     if keyframe_interval is not None and keyframe_interval < 1:
         raise ConfigError(f"keyframe_interval={keyframe_interval} must be at least 1")
     if isinstance(model, YolactEdge | YolactEdgeOnnxPredictor):
-        state = None
-        for index, frame in enumerate(frames):
-            keyframe = None if keyframe_interval is None else index % keyframe_interval == 0
-            detections, state = model.predict_video_frame(frame, state, keyframe)
+        frames, streamed = itertools.tee(frames)
+        for frame, detections in zip(frames, stream_detections(model, streamed, keyframe_interval)):
             yield frame, on_cpu(detections)
         return
     frames = iter(frames)

@@ -37,7 +37,12 @@ from pansight.errors import ConfigError
 from pansight.export.graph import EXPORT_SPECS, INPUT_NAME, trace_module
 from pansight.export.predictor import OnnxPredictor
 from pansight.models.yolact import YolactOutputs
-from pansight.models.yolact_edge import KeyframeFeatures, StreamState, YolactEdge
+from pansight.models.yolact_edge import (
+    KeyframeFeatures,
+    StreamState,
+    YolactEdge,
+    stream_detections,
+)
 from pansight.ops.histograms import colour_histograms
 from pansight.structures import Detections, ImageBatch
 
@@ -269,12 +274,7 @@ class YolactEdgeOnnxPredictor(OnnxPredictor):
 
     def predict_video(self, frames: Iterable[Tensor]) -> list[Detections]:
         """Detections of each ``(3, h, w)`` frame, keyframes every ``keyframe_interval``."""
-        results = []
-        state = None
-        for frame in frames:
-            detections, state = self.predict_video_frame(frame, state)
-            results.append(detections)
-        return results
+        return list(stream_detections(self, frames))
 
     def _run(self, images: Tensor) -> list[np.ndarray]:
         if not self.has_flow:

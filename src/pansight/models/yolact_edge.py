@@ -33,8 +33,9 @@ In the ``flow`` and ``video`` stages the ResNet's batch norms keep their statist
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -402,12 +403,21 @@ class YolactEdge(Yolact):
 
     def predict_video(self, frames: Iterable[Tensor]) -> list[Detections]:
         """Detections of each ``(3, h, w)`` frame, keyframes every ``keyframe_interval``."""
-        results = []
-        state = None
-        for frame in frames:
-            detections, state = self.predict_video_frame(frame, state)
-            results.append(detections)
-        return results
+        return list(stream_detections(self, frames))
+
+
+def stream_detections(
+    streamer: Any, frames: Iterable[Tensor], keyframe_interval: int | None = None
+) -> Iterator[Detections]:
+    """Detections of each ``(3, h, w)`` frame by ``streamer.predict_video_frame`` (a
+    :class:`YolactEdge`, or its exported predictor), the :class:`StreamState` carried from frame
+    to frame; a keyframe every ``keyframe_interval`` frames (``None``: the streamer's own
+    interval) besides those it forces itself."""
+    state = None
+    for index, frame in enumerate(frames):
+        keyframe = None if keyframe_interval is None else index % keyframe_interval == 0
+        detections, state = streamer.predict_video_frame(frame, state, keyframe)
+        yield detections
 
 
 def feature_distance(transfer: FeatureTransfer) -> Tensor:
