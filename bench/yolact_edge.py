@@ -26,7 +26,11 @@ mask AP minus YolactEdge's, in points. Without a checkpoint it is ``nan``.
 ``--no-spa`` times YolactEdge without SPA (``model.with_spa=false``; pass a checkpoint trained
 that way for the AP).
 
-Usage: ``python bench/yolact_edge.py [--runs 3] [--frames 10] [--no-spa] [--checkpoint model.pt]``
+``--stages`` also times one non-keyframe of each backbone stage by stage (the model's own steps
+called one at a time), to see what the frames between keyframes still compute.
+
+Usage: ``python bench/yolact_edge.py [--runs 3] [--frames 10] [--no-spa] [--stages]
+[--checkpoint model.pt]``
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ from yolact import YOLACT, randomise
 
 from pansight.data.shapes_video import ShapesVideoDataset, render_clip
 from pansight.engine.video_evaluator import evaluate_video
+from pansight.models.feature_flow import transfer
 from pansight.models.fuse import optimize_for_inference
 from pansight.models.yolact import Yolact
 from pansight.models.yolact_edge import YolactEdge
+from pansight.models.yolact_head import merge_top_down
 from pansight.models.yolact_import import coco_80_class_names
 from pansight.models.zoo import build_model, load
 
@@ -67,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-spa", action="store_true", help="time YolactEdge without SPA (with_spa=false)"
+    )
+    parser.add_argument(
+        "--stages", action="store_true", help="also time a non-keyframe stage by stage"
     )
     parser.add_argument("--checkpoint", help="a trained YolactEdge for the mask AP comparison")
     parser.add_argument("--val-clips", type=int, default=30, help="validation clips for AP")
@@ -141,6 +150,42 @@ def frame_times(
     return times
 
 
+@torch.inference_mode()
+def stage_times(edge: YolactEdge, frames: list[Tensor], runs: int) -> dict[str, float]:
+    """Median seconds of each stage of a non-keyframe (``frames[1]`` after the keyframe
+    ``frames[0]``), the steps of ``forward_frame`` and ``postprocess`` called one by one."""
+    _, state = edge.predict_video_frame(frames[0])
+    keyframe = edge.with_reduced_keyframe(state).keyframe
+    times: dict[str, list[float]] = defaultdict(list)
+
+    def timed(stage: str, step, *arguments):
+        start = time.perf_counter()
+        result = step(*arguments)
+        times[stage].append(time.perf_counter() - start)
+        return result
+
+    def flow(lateral: Tensor):
+        return edge.flow_net(edge.flow_reduce(lateral), keyframe.reduced_c3)
+
+    def warp(flows) -> tuple[Tensor, Tensor]:
+        return transfer(keyframe.p4, flows["p4"]), transfer(keyframe.p5, flows["p5"])
+
+    for _ in range(runs + 1):
+        batch = timed("preprocess", edge.preprocess, [frames[1]])[0]
+        timed("scene-cut test", edge.is_scene_cut, keyframe, batch)
+        c3 = timed("ResNet to c3", edge.c3_features, batch)
+        lateral = timed("c3 lateral", edge.fpn.lateral, "c3", c3)
+        p4, p5 = timed("warp", warp, timed("flow module", flow, lateral))
+        p3 = timed("p3 from p4 + lateral", merge_top_down, p4, lateral)
+        if edge.config.with_spa:
+            p4, p5 = timed("SPA", edge.spa, lateral, p4, p5)
+        levels = timed("FPN smoothing, p6, p7", edge.fpn.smooth, {"p3": p3, "p4": p4, "p5": p5})
+        timed("protonet", edge.prototypes, levels["p3"])
+        timed("prediction head", edge.predict_per_anchor, levels)
+        timed("postprocess", edge.postprocess, edge.outputs_from_levels(levels), batch)
+    return {stage: statistics.median(values[1:]) for stage, values in times.items()}
+
+
 def latency_row(times: dict[str, list[list[float]]], interval: int) -> dict[str, float]:
     """Median over runs of: mean seconds per frame of each model, and YolactEdge's mean
     keyframe and non-keyframe seconds."""
@@ -188,11 +233,13 @@ def main(argv: list[str] | None = None) -> None:
             args.seed, num_frames=args.frames, image_size=(height, width), split="val"
         )
     ]
-    rows, notes = {}, []
+    rows, notes, stages = {}, [], {}
     for backbone in args.backbones:
         plain, edge = build_pair(BACKBONES[backbone], frames, args.seed, not args.no_spa)
         notes.append(f"{backbone}: " + check_keyframe_is_yolact(plain, edge, frames[0]))
         rows[backbone] = latency_row(frame_times(plain, edge, frames, args), args.interval)
+        if args.stages:
+            stages[backbone] = stage_times(edge, frames, args.runs)
         del plain, edge
     accuracy = video_ap(args) if args.checkpoint else None
 
@@ -215,6 +262,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{1000 * row['keyframe']:>9.0f} {1000 * row['non-keyframe']:>8.0f} "
             f"{ratio:>12.3f} {1 / ratio:>8.2f}x"
         )
+    for backbone, times in stages.items():
+        print(f"{backbone} non-keyframe by stage (median of {args.runs}):")
+        for stage, seconds in times.items():
+            print(f"  {stage:<24} {1000 * seconds:>7.1f} ms")
     drop = math.nan
     if accuracy is not None:
         drop = 100 * (accuracy["yolact"] - accuracy["edge"])
