@@ -16,14 +16,14 @@ def test_task_defaults_apply_to_the_default_model():
 
 def test_model_defaults_override_the_task_defaults():
     config, _ = make_train_config("instance", {"model": "yolact_r18"})
-    assert (config.optimizer, config.lr, config.amp) == ("adamw", 3e-3, True)
+    assert (config.optimizer, config.lr, config.amp) == ("adamw", 3e-3, "auto")
     assert config.batch_size == 8
     assert config.data.mode == "multi"  # still the task's
 
 
 def test_caller_overrides_win_over_model_defaults():
     config, _ = make_train_config("instance", {"model": "yolact_r18", "lr": "0.01", "amp": "no"})
-    assert (config.optimizer, config.lr, config.amp) == ("adamw", 0.01, False)
+    assert (config.optimizer, config.lr, config.amp) == ("adamw", 0.01, "false")
 
 
 def test_unknown_task_is_refused():

@@ -20,7 +20,7 @@ def test_overrides_parse_by_field_type():
         TrainConfig(),
         parse_key_values(["lr=0.5", "epochs=3", "amp=yes", "step_milestones=0.5,0.75", "out=x"]),
     )
-    assert config.lr == 0.5 and config.epochs == 3 and config.amp is True
+    assert config.lr == 0.5 and config.epochs == 3 and config.amp == "true"
     assert config.step_milestones == (0.5, 0.75) and config.out == "x"
 
 
@@ -37,7 +37,7 @@ def test_nested_keys_and_name_shortcut():
         ({"data.size": "1"}, "unknown key 'data.size'"),
         ({"lr.x": "1"}, "'lr' has no sub-keys"),
         ({"epochs": "many"}, "epochs='many' is not a valid int"),
-        ({"amp": "maybe"}, "amp='maybe' is not a valid bool"),
+        ({"amp": "maybe"}, "amp='maybe' is unknown; choose one of auto, true, false"),
         ({"optimizer": "lion"}, "optimizer='lion' is unknown"),
         ({"task": "dance"}, "task='dance' is unknown"),
         ({"batch_size": "0"}, "batch_size must be >= 1"),

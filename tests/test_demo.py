@@ -14,7 +14,6 @@ def test_demo_writes_pictures_and_summary(tmp_path, monkeypatch, capsys):
     tiny |= {"model.input_size": 32}
     rcnn = {"data.num_train": 8, "data.num_val": 4, "max_iters": 2}
     yolact = {**rcnn, "model": "yolact_r18", "model.input_size": 64, "model.fpn_channels": 32}
-    yolact |= {"amp": False}
     monkeypatch.setattr(
         demo,
         "rungs",

@@ -39,7 +39,6 @@ RCNN_DEFAULTS: dict[str, Any] = {
     "batch_size": 4,
     "warmup_iters": 100,
     "clip_grad": 10.0,
-    "amp": True,
     "data.mode": "multi",
     "data.image_size": 128,
 }
@@ -71,7 +70,6 @@ YOLACT_DEFAULTS: dict[str, Any] = {
     "batch_size": 8,
     "warmup_iters": 100,
     "clip_grad": 10.0,
-    "amp": True,
 }
 """YOLACT from scratch: AdamW converges in far fewer iterations than the R-CNN's SGD recipe
 (mask AP50 0.72 vs 0.46 after 1,500 iterations of 4 images), bfloat16 autocast makes a CPU

@@ -76,7 +76,10 @@ class TrainConfig:
         warmup_iters: linear warm-up length.
         step_milestones: for ``step``: fractions of the run where the rate drops.
         step_gamma: for ``step``: the factor at each milestone.
-        amp: mixed precision (bfloat16 on CPU, float16 on CUDA).
+        amp: mixed precision: ``auto`` (float16 with loss scaling on CUDA; bfloat16 on a CPU
+            that runs it natively, AVX512-BF16 or AMX, else float32), ``true`` (float16 on
+            CUDA, bfloat16 on any CPU: emulated, and many times slower, where not native) or
+            ``false`` (float32). ``config.yaml`` notes what ``auto`` chose.
         clip_grad: clip the gradient norm to this (0: off).
         seed: seed of the run (weights, order, augmentations).
         out: run folder: checkpoints, config, logs, pictures.
@@ -106,7 +109,7 @@ class TrainConfig:
     warmup_iters: int = 50
     step_milestones: tuple[float, ...] = (0.7, 0.9)
     step_gamma: float = 0.1
-    amp: bool = False
+    amp: str = "auto"
     clip_grad: float = 0.0
     seed: int = 0
     out: str = "runs/train"
@@ -119,6 +122,7 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "amp", _amp_setting(self.amp))
         if self.task not in TASKS:
             raise ConfigError(f"task={self.task!r} is unknown; choose one of {', '.join(TASKS)}")
         choices = {
@@ -133,6 +137,22 @@ class TrainConfig:
                 )
         if self.batch_size < 1 or self.epochs < 0 or self.max_iters < 0 or self.lr <= 0:
             raise ConfigError("batch_size must be >= 1, epochs and max_iters >= 0, lr > 0")
+
+
+AMP_SETTINGS = ("auto", "true", "false")
+
+
+def _amp_setting(value: object) -> str:
+    """``amp`` as one of :data:`AMP_SETTINGS`; booleans (configs written before ``auto``
+    existed) and their usual spellings are accepted."""
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return "true"
+    if text in ("0", "false", "no", "off"):
+        return "false"
+    if text != "auto":
+        raise ConfigError(f"amp={value!r} is unknown; choose one of {', '.join(AMP_SETTINGS)}")
+    return text
 
 
 def parse_key_values(items: list[str]) -> dict[str, str]:
@@ -192,8 +212,11 @@ def from_dict(cls: type[C], values: dict[str, Any]) -> C:
     return apply_overrides(cls(), values)
 
 
-def save_yaml(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+def save_yaml(config: Any, path: str | Path, notes: tuple[str, ...] = ()) -> None:
+    """Write ``config`` as YAML; ``notes`` become comment lines at the end (read back as
+    nothing)."""
+    comments = "".join(f"# {note}\n" for note in notes)
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False) + comments)
 
 
 def load_yaml(cls: type[C], path: str | Path) -> C:

@@ -40,9 +40,9 @@ def rungs(quick: bool) -> list[Rung]:
     fresh images in bfloat16. YOLACT trains with the same iteration budget as Mask R-CNN.
     """
     images = 1500 if quick else 3000
-    settings = {"data.num_train": images, "epochs": 8, "amp": True}
+    settings = {"data.num_train": images, "epochs": 8}
     rcnn = {"max_iters": 300 if quick else 600, "data.num_val": 100}
-    semantic = {"data.num_train": 4800 if quick else 9600, "epochs": 1, "amp": True}
+    semantic = {"data.num_train": 4800 if quick else 9600, "epochs": 1}
     yolact = {**rcnn, "model": "yolact_r18"}
     return [
         Rung("classify", "classify", "classification", "top1", settings),

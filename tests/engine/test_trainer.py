@@ -123,14 +123,40 @@ def test_resume_needs_a_training_checkpoint_of_the_same_model(tmp_path: Path) ->
         Trainer(config, model, RandomImages(), model_name="other").fit()
 
 
-def test_amp_on_cpu_trains_in_bfloat16(tmp_path: Path) -> None:
-    config = tiny_train_config(tmp_path, amp=True, max_iters=3)
+def autocast_dtypes_seen(config: TrainConfig) -> list[torch.dtype]:
+    """The dtype of the final layer's output in each step of a run of ``config``."""
     model = build_tiny(config)
     seen_dtypes = []
     model.fc.register_forward_hook(lambda module, inputs, output: seen_dtypes.append(output.dtype))
     metrics = Trainer(config, model, RandomImages(), model_name="tiny").fit()
-    assert seen_dtypes == [torch.bfloat16] * 3
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+    return seen_dtypes
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_takes_bfloat16_only_where_the_cpu_runs_it_natively(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr("pansight.hardware.native_bf16", lambda: native)
+    config = tiny_train_config(tmp_path, max_iters=3)
+    assert config.amp == "auto"
+    expected = torch.bfloat16 if native else torch.float32
+    assert autocast_dtypes_seen(config) == [expected] * 3
+    noted = (tmp_path / "config.yaml").read_text().splitlines()[-1]
+    assert noted.startswith(f"# precision: {str(expected).removeprefix('torch.')} (amp=auto")
+    assert load_yaml(TrainConfig, tmp_path / "config.yaml") == config
+
+
+def test_amp_true_without_native_bfloat16_warns_and_obeys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pansight.hardware.native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="many times slower than float32"):
+        seen = autocast_dtypes_seen(tiny_train_config(tmp_path / "true", amp=True, max_iters=2))
+    assert seen == [torch.bfloat16] * 2
+    assert autocast_dtypes_seen(tiny_train_config(tmp_path / "off", amp="off", max_iters=2)) == [
+        torch.float32
+    ] * 2
 
 
 def test_gradient_clipping_bounds_the_step(tmp_path: Path) -> None:

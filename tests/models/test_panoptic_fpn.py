@@ -173,7 +173,7 @@ def test_semantic_loss_falls_when_overfitting_one_batch():
 def test_panoptic_training_uses_the_semantic_label_space_and_rcnn_recipe():
     config, _ = make_train_config("panoptic", {})
     assert config.model == "panoptic_fpn_r18" and config.data.mode == "multi"
-    assert config.optimizer == "adamw" and config.amp
+    assert config.optimizer == "adamw" and config.amp == "auto"
     class_names, fields = model_label_space(DATA, "panoptic")
     assert class_names == DATA.semantic_class_names and fields == {"thing_flags": FLAGS}
     assert model_label_space(DATA, "instance") == (DATA.class_names, {})

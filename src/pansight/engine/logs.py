@@ -48,8 +48,10 @@ class MetricsLog:
             self.writer.close()
 
 
-def progress_bar(total: int, done: int, enabled: bool = True) -> tqdm:
-    """An iteration counter from ``done`` to ``total`` on standard error (if enabled)."""
+def progress_bar(total: int, done: int, enabled: bool = True, label: str = "") -> tqdm:
+    """An iteration counter from ``done`` to ``total`` on standard error (if enabled), titled
+    ``train`` and ``label`` (the run's precision)."""
+    title = f"train {label}".strip()
     return tqdm(
-        total=total, initial=done, unit="it", desc="train", mininterval=1.0, disable=not enabled
+        total=total, initial=done, unit="it", desc=title, mininterval=1.0, disable=not enabled
     )

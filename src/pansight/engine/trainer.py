@@ -1,8 +1,10 @@
 """One training loop for every pansight model.
 
 Each iteration: ``model.preprocess`` -> ``model(batch, targets)`` -> ``model.loss`` -> sum ->
-backward -> (clip) -> optimizer step -> schedule step, with mixed precision when asked
-(bfloat16 on CPU, float16 with loss scaling on CUDA) and data parallelism under ``torchrun``.
+backward -> (clip) -> optimizer step -> schedule step, in the precision ``config.amp`` resolves
+to on this device and processor (:mod:`pansight.engine.precision`: float16 with loss scaling on
+CUDA, bfloat16 on CPUs that run it natively, else float32) and with data parallelism under
+``torchrun``.
 
 The run folder ``config.out`` receives ``config.yaml`` at the start, ``last.pt`` (model and
 training state) every ``checkpoint_every`` iterations and at the end, ``model.pt`` (model only;
@@ -39,6 +41,7 @@ from pansight.engine.checkpoint import (
 )
 from pansight.engine.logs import MetricsLog, progress_bar
 from pansight.engine.optim import build_optimizer, build_scheduler
+from pansight.engine.precision import resolve_precision
 from pansight.errors import CheckpointError, ConfigError, DataError, TrainingError
 from pansight.models.base import PansightModel
 from pansight.structures import ImageBatch, Target
@@ -109,9 +112,8 @@ class Trainer:
             self.total_iters = min(self.total_iters, config.max_iters)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_iters)
-        use_loss_scaling = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_loss_scaling)
-        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.precision = resolve_precision(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
 
         self.iteration = 0
         self.last_checkpoint: Path | None = None
@@ -141,9 +143,12 @@ class Trainer:
         resumed = self._resume(Path(self.config.resume)) if self.config.resume else None
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_yaml(self.config, self.out / "config.yaml")
+            note = f"precision: {self.precision.name} ({self.precision.reason})"
+            save_yaml(self.config, self.out / "config.yaml", notes=(note,))
         self.log = MetricsLog(self.out, enabled=self.is_main)
-        self.progress = progress_bar(self.total_iters, self.iteration, enabled=self.is_main)
+        self.progress = progress_bar(
+            self.total_iters, self.iteration, enabled=self.is_main, label=self.precision.name
+        )
         self.window = LogWindow()
         self.model.train()
         if resumed is not None:
@@ -164,7 +169,8 @@ class Trainer:
     def _train_step(self, images: list[Tensor], targets: list[Target]) -> dict[str, float]:
         """One optimizer step on one batch; returns the losses (and ``loss``, their sum)."""
         batch, targets = self._prepare(images, targets)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.config.amp):
+        dtype = self.precision.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             outputs = self.network(batch, targets)
             losses = self.model.loss(outputs, targets)
         total = sum(losses.values())
