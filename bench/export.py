@@ -72,7 +72,7 @@ from pathlib import Path
 
 import torch
 from rss import call_peak_bytes
-from timing import alternate_timings
+from timing import alternate_timings, print_header
 
 import pansight
 from pansight.config import DataConfig
@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         peak_memory_child(args)
         return
     torch.set_num_threads(args.threads)
+    print_header(onnxruntime=True)
     print(
         f"threads={args.threads} images={args.images} runs={args.runs} warmup={args.warmup} "
         f"calibration_images={args.calibration_images} val_images={args.val_images}"

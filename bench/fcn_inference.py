@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 from rss import call_peak_bytes
-from timing import alternate_timings
+from timing import alternate_timings, print_header
 from torch import Tensor
 from torchvision.models.segmentation import fcn_resnet50
 
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         peak_memory_child(args)
         return
     torch.set_num_threads(args.threads)
+    print_header()
     images = bench_images(args.images, args.size, args.seed)
     reference = fcn_resnet50(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
     normalised = normalise(images)

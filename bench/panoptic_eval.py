@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from timing import alternate_timings
+from timing import alternate_timings, print_header
 
 from pansight.data.shapes import ALL_CLASSES, THING_FLAGS, render_sample
 from pansight.metrics.panoptic import PanopticMetric
@@ -320,6 +320,7 @@ def same_scores(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    print_header()
     pairs = bench_pairs(args.images, args.size, args.max_objects, args.seed)
     names, flags = list(ALL_CLASSES), list(THING_FLAGS)
     targets = as_targets(pairs)

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from rcnn_agreement import as_detections, compare_outputs, float64_outputs, network_agreement
 from rss import call_peak_bytes
-from timing import alternate_timings
+from timing import alternate_timings, print_header
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         peak_memory_child(args)
         return
     torch.set_num_threads(args.threads)
+    print_header()
     images = bench_images(args.images, tuple(args.size), args.seed)
     reference = torchvision_model(args)
     randomise(reference, images, args.seed)

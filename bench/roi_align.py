@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from timing import print_header
 from torchvision.ops import roi_align
 
 from pansight.ops.roi_align import separable_roi_align
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print_header()
     print(f"threads={args.threads} runs={args.runs} (median ms of forward + backward)")
     print(f"{'branch':10s} {'torchvision':>14s} {'separable':>12s} {'ratio':>7s}")
     box_ratio = compare("box 7x7", make_case(128, 128, 32, 0), 7, args.runs)

@@ -29,6 +29,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
+from timing import print_header
 
 from pansight.data.shapes import render_sample
 from pansight.serve.encoding import encode_png
@@ -47,6 +49,8 @@ def main() -> int:
     parser.add_argument("--queue-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="the server's torch threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # the server's count, which the header then reports
+    print_header(onnxruntime=any(path.suffix == ".onnx" for path in args.checkpoints))
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = args.checkpoints or [train_tiny_instance(Path(folder))]
         with running_server(checkpoints, args.queue_size, args.threads) as (port, pid):

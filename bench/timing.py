@@ -1,5 +1,6 @@
-"""Alternating timings shared by the bench scripts: every call runs once per round, in turn,
-so that a machine's slow spells fall on all of them alike."""
+"""Helpers shared by the bench scripts: the processor header every script prints first, and
+alternating timings (every call runs once per round, in turn, so that a machine's slow spells
+fall on all of them alike)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,28 @@ import gc
 import time
 from collections import defaultdict
 from collections.abc import Callable
+
+from pansight import hardware
+
+
+def print_header(*, onnxruntime: bool = False) -> None:
+    """Print the processor line (:func:`pansight.hardware.describe`) that every bench result is
+    read against; with ``onnxruntime``, append onnxruntime's version.
+
+    Call it after ``torch.set_num_threads``: the line reports the threads torch uses.
+    """
+    line = hardware.describe()
+    if onnxruntime:
+        line += f" | onnxruntime {_onnxruntime_version()}"
+    print(line, flush=True)
+
+
+def _onnxruntime_version() -> str:
+    try:
+        import onnxruntime  # optional dependency: only scripts that time it ask for its version
+    except ImportError:
+        return "not installed"
+    return onnxruntime.__version__
 
 
 def alternate_timings(

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from rcnn_agreement import network_agreement
 from rcnn_inference import MAX_RELATIVE_DIFF
-from timing import alternate_timings
+from timing import alternate_timings, print_header
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     torch.set_num_threads(args.threads)
+    print_header()
     images = bench_images(args.images, tuple(args.size), args.seed)
     models = build_models(images, args.seed)
     checks = check_models(models, images)

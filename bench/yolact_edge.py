@@ -42,6 +42,7 @@ import time
 from collections import defaultdict
 
 import torch
+from timing import print_header
 from torch import Tensor
 from yolact import YOLACT, randomise
 
@@ -226,6 +227,7 @@ def video_ap(args: argparse.Namespace) -> dict[str, float | bool]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    print_header()
     height, width = args.size
     frames = [
         image
