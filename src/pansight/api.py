@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,7 +145,7 @@ def train(task: str, **overrides: Any) -> TrainRun:
     class_names, label_fields = model_label_space(train_set, task)
     model = build_model(config.model, class_names, {**model_overrides, **label_fields})
     if config.init:
-        load_initial_weights(model, config.model, config.init)
+        print(load_initial_weights(model, config.model, config.init), file=sys.stderr)
     trainer = Trainer(
         config,
         model,
@@ -156,28 +157,33 @@ def train(task: str, **overrides: Any) -> TrainRun:
     return TrainRun(model.eval(), metrics, Path(config.out))
 
 
-def load_initial_weights(model: PansightModel, model_name: str, path: str | Path) -> None:
-    """Load the weights of the pansight checkpoint ``path`` into ``model`` (built as
-    ``model_name``), strictly.
+def load_initial_weights(model: PansightModel, model_name: str, path: str | Path) -> str:
+    """Start ``model`` (built as ``model_name``) from the weights of the pansight checkpoint
+    ``path``; returns a one-line account of what was loaded.
+
+    A checkpoint of the same model and classes loads strictly (every tensor, as for staged
+    training). Any other one, e.g. a Faster R-CNN for a Mask R-CNN, a Mask R-CNN for a Panoptic
+    FPN, a classifier for a localizer, or a model of other classes, gives every tensor whose
+    name and shape fit (:func:`pansight.models.transfer.transfer_weights`); the rest start as
+    built.
 
     Raises:
-        CheckpointError: the checkpoint holds another model or other classes, or its weights
-            do not fit.
+        CheckpointError: naming ``path``, when its weights do not fit (same model) or none fits.
     """
     from pansight.engine.checkpoint import load_checkpoint
+    from pansight.models.transfer import transfer_weights
     from pansight.models.zoo import load_state_dict_strictly
 
     payload = load_checkpoint(path)
     found = (payload.get("model_name"), payload.get("class_names"))
-    if found != (model_name, model.class_names):
-        raise CheckpointError(
-            f"{path}: init checkpoint holds model {found[0]!r} with classes {found[1]}; this run "
-            f"trains {model_name!r} with classes {model.class_names}"
-        )
     try:
-        load_state_dict_strictly(model, payload["state_dict"])
+        if found == (model_name, model.class_names):
+            load_state_dict_strictly(model, payload["state_dict"])
+            return f"init: all weights from {path}"
+        transfer = transfer_weights(model, payload["state_dict"])
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
+    return f"init: {transfer.summary()} from {path} ({found[0]})"
 
 
 def model_label_space(dataset: Any, task: str) -> tuple[list[str], dict[str, Any]]:

@@ -88,9 +88,16 @@ class TrainConfig:
         workers: data-loader worker processes.
         device: ``auto``, ``cpu`` or ``cuda``.
         resume: a checkpoint to continue from exactly, or ``""``.
-        init: a pansight checkpoint of the same model and classes whose weights the run starts
-            from (a new run: schedule and optimizer start afresh), or ``""``. For staged
-            training, e.g. YolactEdge's flow stage after its image stage.
+        init: a pansight checkpoint whose weights the run starts from (a new run: schedule and
+            optimizer start afresh), or ``""``. The same model and classes load whole (staged
+            training, e.g. YolactEdge's flow stage after its image stage); another model or
+            class list gives every tensor whose name and shape fit, the rest start afresh
+            (warm starts and fine-tuning: a Faster R-CNN into a Mask R-CNN, a Mask R-CNN into
+            a Panoptic FPN, any model's ResNet body into another's).
+        freeze: modules (by state-dict name prefix, e.g. ``body`` or ``body.layer1``) whose
+            weights stay as they start: no gradients, no optimizer state, and their batch
+            norms keep their running statistics. With ``init``, a warm-started body can stay
+            fixed while new heads learn on its features, at a third of the body's cost.
         overwrite: start afresh in an ``out`` folder that already holds a run (its checkpoints
             and logs are replaced); without it such a run is refused so nothing is lost.
     """
@@ -119,10 +126,13 @@ class TrainConfig:
     device: str = "auto"
     resume: str = ""
     init: str = ""
+    freeze: tuple[str, ...] = ()
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amp", _amp_setting(self.amp))
+        if isinstance(self.freeze, str):
+            object.__setattr__(self, "freeze", tuple(filter(None, self.freeze.split(","))))
         if self.task not in TASKS:
             raise ConfigError(f"task={self.task!r} is unknown; choose one of {', '.join(TASKS)}")
         choices = {

@@ -17,7 +17,7 @@ from tiny_training import CLASS_NAMES, RandomImages, build_tiny, tiny_train_conf
 from pansight.config import TrainConfig, load_yaml
 from pansight.engine.checkpoint import load_checkpoint
 from pansight.engine.trainer import Trainer
-from pansight.errors import CheckpointError, TrainingError
+from pansight.errors import CheckpointError, ConfigError, TrainingError
 
 SCRIPT = Path(__file__).with_name("tiny_training.py")
 
@@ -154,9 +154,10 @@ def test_amp_true_without_native_bfloat16_warns_and_obeys(
     with pytest.warns(UserWarning, match="many times slower than float32"):
         seen = autocast_dtypes_seen(tiny_train_config(tmp_path / "true", amp=True, max_iters=2))
     assert seen == [torch.bfloat16] * 2
-    assert autocast_dtypes_seen(tiny_train_config(tmp_path / "off", amp="off", max_iters=2)) == [
-        torch.float32
-    ] * 2
+    assert (
+        autocast_dtypes_seen(tiny_train_config(tmp_path / "off", amp="off", max_iters=2))
+        == [torch.float32] * 2
+    )
 
 
 def test_gradient_clipping_bounds_the_step(tmp_path: Path) -> None:
@@ -177,3 +178,16 @@ def test_gradient_clipping_bounds_the_step(tmp_path: Path) -> None:
     Trainer(config, model, RandomImages(), model_name="tiny").fit()
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert step.norm().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_frozen_modules_keep_their_weights_and_norm_statistics(tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path / "a", max_iters=4, freeze=("conv", "norm"))
+    model = build_tiny(config)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    Trainer(config, model, RandomImages(), model_name="tiny").fit()
+    after = model.state_dict()
+    for key in before:
+        unchanged = torch.equal(before[key], after[key])
+        assert unchanged == key.startswith(("conv.", "norm.")) or key.endswith("tracked"), key
+    with pytest.raises(ConfigError, match="freeze='head' names no module; top-level modules: "):
+        train(tiny_train_config(tmp_path / "b", freeze="head"))

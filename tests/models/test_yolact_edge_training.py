@@ -14,6 +14,7 @@ from pansight.data.shapes_video import (
     ShapesVideoFrames,
     render_clip,
 )
+from pansight.engine.checkpoint import load_checkpoint, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
 from pansight.models.yolact_edge import (
@@ -159,7 +160,7 @@ def test_staged_training_starts_from_the_image_stage_weights(tmp_path):
     assert "mask_AP" in flow_run.metrics
 
 
-def test_init_checkpoint_of_another_model_is_refused(tmp_path):
+def test_init_from_a_yolact_checkpoint_starts_all_but_the_flow_modules(tmp_path, capsys):
     run = api.train(
         "instance",
         model="yolact_r18",
@@ -172,14 +173,16 @@ def test_init_checkpoint_of_another_model_is_refused(tmp_path):
         data__num_val=2,
         model__input_size="64",
     )
-    with pytest.raises(CheckpointError, match="init checkpoint holds model 'yolact_r18'"):
-        api.train(
-            "instance",
-            model="yolact_edge_r18",
-            out=str(tmp_path / "edge"),
-            init=str(run.out / "model.pt"),
-            max_iters=1,
-        )
+    edge = zoo.build_model("yolact_edge_r18", run.model.class_names, {"input_size": 64})
+    account = api.load_initial_weights(edge, "yolact_edge_r18", run.out / "model.pt")
+    assert "starting afresh: flow_net, flow_reduce, spa" in account
+    assert "(yolact_r18)" in account
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(edge.state_dict()[key], value), key
+    payload = load_checkpoint(run.out / "model.pt")
+    save_checkpoint(tmp_path / "other.pt", payload | {"state_dict": {"w": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match="other.pt: no weight of the checkpoint fits"):
+        api.load_initial_weights(edge, "yolact_edge_r18", tmp_path / "other.pt")
 
 
 def test_scene_cut_forces_a_keyframe():

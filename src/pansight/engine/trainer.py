@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pansight.config import TrainConfig, save_yaml
@@ -54,6 +54,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def freeze_modules(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Module]:
+    """Stop the parameters of the modules named by ``prefixes`` from training; returns those
+    modules (their batch norms are put in eval mode at every switch to training mode).
+
+    Raises:
+        ConfigError: a prefix names no module of ``model``, listing the top-level ones.
+    """
+    modules = dict(model.named_modules())
+    frozen = []
+    for prefix in prefixes:
+        if prefix not in modules or not prefix:
+            names = ", ".join(name for name in modules if name and "." not in name)
+            raise ConfigError(f"freeze={prefix!r} names no module; top-level modules: {names}")
+        modules[prefix].requires_grad_(False)
+        frozen.append(modules[prefix])
+    return frozen
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,6 +121,7 @@ class Trainer:
         seed_everything(config.seed)
 
         self.model = model.to(self.device)
+        self.frozen = freeze_modules(self.model, config.freeze)
         self.network = self._parallel(self.model)
         self.batches_per_epoch = len(self._loader(epoch=0))
         if self.batches_per_epoch == 0:
@@ -150,7 +169,7 @@ class Trainer:
             self.total_iters, self.iteration, enabled=self.is_main, label=self.precision.name
         )
         self.window = LogWindow()
-        self.model.train()
+        self._train_mode()
         if resumed is not None:
             restore_rng_state(resumed["rng"])
 
@@ -193,9 +212,17 @@ class Trainer:
             with torch.no_grad():
                 metrics = {name: float(value) for name, value in self.evaluate(self.model).items()}
         finally:
-            self.model.train()
+            self._train_mode()
         self.log.write("eval", self.iteration, self._epoch(), metrics)
         return metrics
+
+    def _train_mode(self) -> None:
+        """The model in training mode, but for the batch norms of frozen modules."""
+        self.model.train()
+        for module in self.frozen:
+            for layer in module.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
 
     def _close(self) -> None:
         self.progress.close()
