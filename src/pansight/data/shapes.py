@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from pansight.data.coco import mask_boxes
 from pansight.data.images import image_from_array
+from pansight.data.sample_cache import SampleCache
 from pansight.errors import ConfigError
 from pansight.structures import PanopticMap, Segment, Size, Target
 
@@ -336,8 +337,14 @@ class WorldLabels:
     thing_flags = list(THING_FLAGS)
 
 
+RENDERED = SampleCache()
+"""Samples rendered in this process, shared by every :class:`ShapesDataset` (a sample is a
+function of its arguments alone, so data sets of the same world share their renders)."""
+
+
 class ShapesDataset(WorldLabels, Dataset):
-    """``num_images`` samples of the world, rendered on demand (see :func:`render_sample`).
+    """``num_images`` samples of the world, rendered on first use (see :func:`render_sample`)
+    and then kept in :data:`RENDERED`.
 
     Items are ``(image, target)``: ``(3, H, W)`` float in ``[0, 1]`` and a full
     :class:`~pansight.structures.Target` in that image's pixels.
@@ -364,11 +371,12 @@ class ShapesDataset(WorldLabels, Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         if not 0 <= index < self.num_images:
             raise IndexError(f"index {index} is out of range for {self.num_images} images")
-        return render_sample(
-            index,
-            mode=self.mode,
-            image_size=self.image_size,
-            seed=self.seed,
-            split=self.split,
-            max_objects=self.max_objects,
-        )
+        options = {
+            "mode": self.mode,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "split": self.split,
+            "max_objects": self.max_objects,
+        }
+        key = (index, *options.values())
+        return RENDERED.get(key, lambda: render_sample(index, **options))
