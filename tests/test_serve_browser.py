@@ -1,8 +1,10 @@
 """The page in a real browser: headless Chromium loads a synthetic sample, runs an instance and
 a semantic model, and draws their results; screenshots are kept as artifacts.
 
-Runs where Debian's ``chromium`` is installed (``.ci/run`` installs it); the screenshots go to
-``$PANSIGHT_ARTIFACTS`` (default ``runs/artifacts``).
+Runs where Debian's ``chromium`` is installed and skips elsewhere, unless
+``PANSIGHT_REQUIRE_BROWSER=1`` (as ``.ci/run`` sets it after installing Chromium): then a
+missing browser or Playwright fails the tests. The screenshots go to ``$PANSIGHT_ARTIFACTS``
+(default ``runs/artifacts``).
 """
 
 import os
@@ -31,10 +33,13 @@ SHOWN_DETECTIONS = 5
 """The page's score threshold is set to show about this many of the one-iteration model's many
 low-scoring detections."""
 
+REQUIRED = os.environ.get("PANSIGHT_REQUIRE_BROWSER") == "1"
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+        not CHROMIUM.exists() and not REQUIRED,
+        reason=f"{CHROMIUM} is missing (apt-get install chromium)",
     ),
 ]
 
@@ -92,7 +97,12 @@ def server(checkpoints):
 
 @pytest.fixture
 def page(server):
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    if REQUIRED and not CHROMIUM.exists():
+        pytest.fail(f"PANSIGHT_REQUIRE_BROWSER=1 but {CHROMIUM} is missing")
+    if REQUIRED:
+        import playwright.sync_api as playwright_api
+    else:
+        playwright_api = pytest.importorskip("playwright.sync_api")
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
