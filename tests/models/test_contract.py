@@ -1,8 +1,8 @@
 """What every classification and localization model in the zoo must do: train, predict, save
 and load, overfit a batch. (The R-CNN entries have theirs in test_rcnn.py, FCN in test_fcn.py.)
 
-Models are tiny (32-pixel input). The ResNet-18 variants and one ResNet-50 run by default; the
-other entries run with ``-m slow``.
+Models are tiny (32-pixel input). The ResNet-18 variants and one ResNet-50 run by default (the
+ResNet-50 overfits only under ``-m slow``); the other entries run with ``-m slow``.
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ def make_sample(label: int, size: tuple[int, int], seed: int) -> tuple[torch.Ten
     return image, target
 
 
-def make_batch(labels: list[int], sizes: list[tuple[int, int]]):
+def make_batch(labels: list[int], sizes: list[tuple[int, int]], first_seed: int = 0):
     samples = [
-        make_sample(label, size, seed) for seed, (label, size) in enumerate(zip(labels, sizes))
+        make_sample(label, size, first_seed + index)
+        for index, (label, size) in enumerate(zip(labels, sizes))
     ]
     return [image for image, _ in samples], [target for _, target in samples]
 
@@ -119,18 +120,36 @@ def test_checkpoint_file_round_trip_rebuilds_the_model(name, tmp_path):
         torch.testing.assert_close(getattr(loaded(batch), field), value, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ZOO)
-def test_overfits_one_batch(name):
+# The ResNet-18 entries overfit in the default suite; a ResNet-50 classifier trains the same
+# loop at twice the cost per step, so it joins the other entries under ``-m slow``.
+DEFAULT_OVERFIT = {"classifier_r18", "localizer_r18"}
+OVERFIT_ZOO = [
+    pytest.param(name, marks=() if name in DEFAULT_OVERFIT else pytest.mark.slow)
+    for name, entry in zoo.MODELS.items()
+    if entry.task in RESULT_TYPES
+]
+# Over 20 seeds (model and images), in float32 with AVX-512 and with AVX2 kernels: the
+# classifiers' loss falls below 0.2% of its first value in 15 steps; the ResNet-18 localizer's
+# boxes reach IoU >= 0.89 in 30 steps, the deeper localizers' >= 0.97 in 60 (seeds 0-5).
+
+
+def overfit_steps(name: str, task: str) -> int:
+    return 15 if task == "classify" else 30 if name.endswith("_r18") else 60
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("name", OVERFIT_ZOO)
+def test_overfits_one_batch(name, seed):
     """The losses fall and the model's own outputs on the batch become right.
 
     Results come from the training-mode forward: batch-norm statistics of a six-image batch
     say nothing about whether the model learns, and evaluation mode is checked elsewhere.
     """
-    model = build(name).train()
-    images, targets = make_batch([0, 1, 2, 0, 1, 2], [(32, 32)] * 6)
+    model = build(name, seed).train()
+    images, targets = make_batch([0, 1, 2, 0, 1, 2], [(32, 32)] * 6, first_seed=6 * seed)
     batch, input_targets = model.preprocess(images, targets)
-    steps = 40
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    steps = overfit_steps(name, model.task)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     first_loss = None
     for _ in range(steps):

@@ -63,9 +63,9 @@ def reference_fast_nms(boxes, scores, iou_threshold, top_k, max_detections):
     return [(index, label) for _, index, label in found[:max_detections]]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_nms_matches_the_loop_reference(seed):
-    generator = torch.Generator().manual_seed(seed)
+@pytest.mark.parametrize("data_seed", [0, 1, 2])
+def test_fast_nms_matches_the_loop_reference(data_seed):
+    generator = torch.Generator().manual_seed(data_seed)
     corners = torch.rand(40, 2, generator=generator) * 80
     sizes = 5 + torch.rand(40, 2, generator=generator) * 30
     boxes = torch.cat([corners, corners + sizes], dim=1)
