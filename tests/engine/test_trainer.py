@@ -123,13 +123,22 @@ def test_resume_needs_a_training_checkpoint_of_the_same_model(tmp_path: Path) ->
         Trainer(config, model, RandomImages(), model_name="other").fit()
 
 
-def autocast_dtypes_seen(config: TrainConfig) -> list[torch.dtype]:
-    """The dtype of the final layer's output in each step of a run of ``config``."""
+def autocast_dtypes_seen(config: TrainConfig, channels_last: bool = False) -> list[torch.dtype]:
+    """The dtype of the final layer's output in each step of a run of ``config``; asserts
+    whether the convolution's weights and inputs were channels-last."""
     model = build_tiny(config)
     seen_dtypes = []
     model.fc.register_forward_hook(lambda module, inputs, output: seen_dtypes.append(output.dtype))
+    layouts = []
+    model.conv.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last)
+            and module.weight.is_contiguous(memory_format=torch.channels_last)
+        )
+    )
     metrics = Trainer(config, model, RandomImages(), model_name="tiny").fit()
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert layouts == [channels_last] * len(layouts)
     return seen_dtypes
 
 
@@ -141,7 +150,7 @@ def test_amp_auto_takes_bfloat16_only_where_the_cpu_runs_it_natively(
     config = tiny_train_config(tmp_path, max_iters=3)
     assert config.amp == "auto"
     expected = torch.bfloat16 if native else torch.float32
-    assert autocast_dtypes_seen(config) == [expected] * 3
+    assert autocast_dtypes_seen(config, channels_last=native) == [expected] * 3
     noted = (tmp_path / "config.yaml").read_text().splitlines()[-1]
     assert noted.startswith(f"# precision: {str(expected).removeprefix('torch.')} (amp=auto")
     assert load_yaml(TrainConfig, tmp_path / "config.yaml") == config

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,9 @@ class Trainer:
         self.is_main = distributed.is_main_process()
         seed_everything(config.seed)
 
-        self.model = model.to(self.device)
+        self.precision = resolve_precision(config.amp, self.device)
+        memory_format = torch.channels_last if self.precision.channels_last else None
+        self.model = model.to(self.device, memory_format=memory_format)
         self.frozen = freeze_modules(self.model, config.freeze)
         self.network = self._parallel(self.model)
         self.batches_per_epoch = len(self._loader(epoch=0))
@@ -131,7 +133,6 @@ class Trainer:
             self.total_iters = min(self.total_iters, config.max_iters)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.total_iters)
-        self.precision = resolve_precision(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.loss_scaling)
 
         self.iteration = 0
@@ -237,7 +238,14 @@ class Trainer:
     ) -> tuple[ImageBatch, list[Target]]:
         """Images onto the device, resized and padded by the model; targets into its frame."""
         images = [image.to(self.device, non_blocking=True) for image in images]
-        return self.model.preprocess(images, [target.to(self.device) for target in targets])
+        batch, targets = self.model.preprocess(
+            images, [target.to(self.device) for target in targets]
+        )
+        if self.precision.channels_last:
+            batch = replace(
+                batch, tensor=batch.tensor.contiguous(memory_format=torch.channels_last)
+            )
+        return batch, targets
 
     def _checked_values(self, losses: dict[str, Tensor], total: Tensor) -> dict[str, float]:
         """The losses as numbers; raises TrainingError (before any step) if one is not finite."""
