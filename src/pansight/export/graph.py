@@ -10,7 +10,9 @@ OnnxPredictor`), with the very functions the eager model uses.
 
 The exporter is ``torch.onnx.export(..., dynamo=False)`` (the TorchScript tracer): the
 torch.export-based exporter needs ``onnxscript``, which pansight does not depend on, and the
-traced graphs of these models are plain convolution networks it converts exactly.
+traced graphs of these models are plain convolution networks it converts exactly. Each traced
+graph then loses the nodes that change no value (:mod:`pansight.export.simplify`: a ReLU of a
+value already non-negative), so onnxruntime does not run them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pansight.config import to_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.export.metadata import ExportMetadata
 from pansight.export.rcnn import RCNN_OUTPUTS, trace_rcnn_to_onnx
+from pansight.export.simplify import drop_redundant_relus
 from pansight.models.base import PansightModel
 from pansight.models.classifier import Classifier, ClassifierOutputs
 from pansight.models.fcn import FCN, FCNOutputs
@@ -275,7 +278,8 @@ def trace_module(
     dynamic_axes: dict[str, dict[int, str]] | None,
 ) -> onnx.ModelProto:
     """Trace ``module`` (a wrapper holding the model as ``module.model``) on ``inputs`` into an
-    ONNX model (weights inside), the model in eval mode meanwhile."""
+    ONNX model (weights inside), the model in eval mode meanwhile; ReLUs of values already
+    non-negative are removed (:func:`~pansight.export.simplify.drop_redundant_relus`)."""
     buffer = io.BytesIO()
     was_training = module.model.training
     module.model.eval()
@@ -296,7 +300,9 @@ def trace_module(
             )
     finally:
         module.model.train(was_training)
-    return onnx.load_model_from_string(buffer.getvalue())
+    graph = onnx.load_model_from_string(buffer.getvalue())
+    drop_redundant_relus(graph)
+    return graph
 
 
 def write_atomically(graph: onnx.ModelProto, path: Path) -> Path:
