@@ -10,10 +10,11 @@ metrics and times.
 
 The rungs share one ResNet-18 body. The detector trains first, from scratch, on multi-object
 scenes (boxes and classes of several things per image are the richest signal the world gives);
-every other rung starts from an earlier rung's weights (``init``): the classifier and the FCN
-from the detector's body, the localizer from the classifier, Mask R-CNN from the whole
-detector (only its mask branch is new), YOLACT and Panoptic FPN from Mask R-CNN. Warm-started
-rungs need a fraction of the iterations, and the whole ladder trains in minutes on a laptop CPU.
+every other rung starts from an earlier rung's weights (``init``): Mask R-CNN from the whole
+detector (only its mask branch is new), the classifier, YOLACT and Panoptic FPN from Mask
+R-CNN, the localizer from the classifier, and the FCN from YOLACT, whose semantic loss has
+taught its body per-pixel classes. Warm-started rungs need a fraction of the iterations, and
+the whole ladder trains in minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ SCENES = {"data.num_val": 100}
 """The multi-object rungs: 128 px scenes (their task recipe), 100 validation scenes."""
 OBJECTS = {"data.num_val": 300}
 """The single-object rungs: 64 px images (their task recipe), 300 validation images."""
+YOLACT = {"model": "yolact_r18", "model.input_size": 128}
+"""YOLACT at the scenes' own 128 px (its default input is 160): 0.64 times the pixels."""
 
 
 def rungs(quick: bool) -> list[Rung]:
@@ -82,43 +85,38 @@ def rungs(quick: bool) -> list[Rung]:
             "classify",
             "classification",
             "top1",
-            floor(0.97, 0.90),
-            {**OBJECTS, **iters(60), "warmup_iters": 10},
-            init_from="detect",
+            floor(0.97, 0.85),
+            {**OBJECTS, **iters(150), "lr": 2e-3, "warmup_iters": 10},
+            init_from="instance",
         ),
         Rung(
             "localize",
             "localize",
             "localization",
             "loc_accuracy",
-            floor(0.95, 0.85),
-            {**OBJECTS, **iters(60), "warmup_iters": 10},
+            floor(0.95, 0.80),
+            {**OBJECTS, **iters(60), "lr": 1e-3, "warmup_iters": 10},
             init_from="classify",
         ),
         Rung(
-            "detect",
-            "detect",
-            "detection",
-            "box_AP",
-            floor(0.55, 0.30),
-            {**SCENES, **iters(900)},
+            "detect", "detect", "detection", "box_AP", floor(0.55, 0.30), {**SCENES, **iters(800)}
         ),
         Rung(
             "semantic",
             "semantic",
             "semantic",
             "mIoU",
-            floor(0.80, 0.70),
-            {**SCENES, **iters(150), "warmup_iters": 20},
-            init_from="detect",
+            floor(0.80, 0.65),
+            {**SCENES, **iters(700), "batch_size": 8, "warmup_iters": 20},
+            init_from="instance_yolact",
         ),
         Rung(
             "instance",
             "instance",
             "instance (Mask R-CNN)",
             "mask_AP",
-            floor(0.50, 0.30),
-            {**SCENES, **iters(300), "warmup_iters": 20},
+            floor(0.50, 0.35),
+            {**SCENES, **iters(200), "warmup_iters": 20},
             init_from="detect",
         ),
         Rung(
@@ -127,7 +125,7 @@ def rungs(quick: bool) -> list[Rung]:
             "instance (YOLACT)",
             "mask_AP",
             floor(0.45, 0.25),
-            {**SCENES, **iters(300), "model": "yolact_r18", "warmup_iters": 20},
+            {**SCENES, **iters(600), **YOLACT, "warmup_iters": 20},
             init_from="instance",
         ),
         Rung(
@@ -135,8 +133,8 @@ def rungs(quick: bool) -> list[Rung]:
             "panoptic",
             "panoptic",
             "PQ",
-            floor(0.70, 0.50),
-            {**SCENES, **iters(300), "warmup_iters": 20},
+            floor(0.70, 0.55),
+            {**SCENES, **iters(150), "warmup_iters": 20},
             init_from="instance",
         ),
     ]
