@@ -16,6 +16,7 @@ from pansight.errors import ConfigError
 from pansight.models import zoo
 from pansight.models.yolact import Yolact, YolactConfig, YolactOutputs
 from pansight.models.yolact_head import (
+    YolactFPN,
     assemble_masks,
     crop_to_boxes,
     decode_boxes,
@@ -313,3 +314,24 @@ def test_trains_through_the_api(tmp_path):
     batch, _ = loaded.preprocess(images)
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).class_logits, run.model(batch).class_logits)
+
+
+def test_fpn_downsamples_in_float32_under_autocast():
+    """P6 and P7 come from maps of a pixel or two at small inputs, where oneDNN's bfloat16
+    channels-last weight gradient is unreliable: under bfloat16 autocast they are computed in
+    float32, so P7's weight gradient is float32 arithmetic on P6."""
+    torch.manual_seed(0)
+    fpn = YolactFPN({"c3": 8, "c4": 8, "c5": 8}, 8).to(memory_format=torch.channels_last)
+    features = {
+        f"c{level}": torch.randn(2, 8, 2 ** (5 - level), 2 ** (5 - level)) for level in (3, 4, 5)
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        levels = fpn(features)
+    assert levels["p5"].dtype == torch.bfloat16
+    assert levels["p6"].dtype == levels["p7"].dtype == torch.float32
+    assert levels["p6"].shape[-2:] == levels["p7"].shape[-2:] == (1, 1)
+    levels["p7"].sum().backward()
+    conv = fpn.downsample_layers[1]
+    weight = conv.weight.detach().clone().requires_grad_()
+    F.conv2d(levels["p6"].detach(), weight, conv.bias, stride=2, padding=1).sum().backward()
+    torch.testing.assert_close(conv.weight.grad, weight.grad)

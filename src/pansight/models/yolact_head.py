@@ -84,9 +84,18 @@ class YolactFPN(nn.Module):
             "p" + level[1]: F.relu(self.pred_layers[index](top_down["p" + level[1]]))
             for index, level in enumerate(FPN_INPUTS)
         }
-        levels["p6"] = self.downsample_layers[0](levels["p5"])
-        levels["p7"] = self.downsample_layers[1](levels["p6"])
+        levels["p6"] = self.downsample(0, levels["p5"])
+        levels["p7"] = self.downsample(1, levels["p6"])
         return {name: levels[name] for name in ("p3", "p4", "p5", "p6", "p7")}
+
+    def downsample(self, index: int, feature: Tensor) -> Tensor:
+        """``downsample_layers[index]`` on ``feature`` ``(B, C, h, w)`` -> ``(B, C, ⌈h/2⌉,
+        ⌈w/2⌉)``, in float32 even under autocast: on maps of a pixel or two (small inputs),
+        oneDNN's bfloat16 weight gradient of this strided channels-last 3x3 conv now and then
+        comes out NaN (torch 2.14.1: 1 step in 200 at 1x1), and at these sizes float32 costs
+        nothing."""
+        with torch.autocast(feature.device.type, enabled=False):
+            return self.downsample_layers[index](feature.float())
 
 
 def merge_top_down(coarser: Tensor, lateral: Tensor) -> Tensor:
