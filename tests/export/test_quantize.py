@@ -1,16 +1,26 @@
-"""INT8 static quantization: int8 files open in the same predictor, say they are int8, keep
-the chosen nodes in float, stay close to fp32 on their calibration images, and refuse bad
-calibration data; R-CNN graphs quantize their convolutions only and keep their detections; the
-command line round trip."""
+"""INT8 static quantization: int8 files open in the same predictor, say they are int8 and their
+weights' width, keep the chosen nodes in float, and refuse bad calibration data; onnxruntime's
+integer kernels compute the quantized graph as written (on this processor, with the weight
+width chosen for it), and the quantization's own error stays within a bound for each weight
+width (:mod:`int8_kernels` gives the bounds and why); R-CNN graphs quantize their
+convolutions only and keep their detections; the command line round trip."""
 
 import dataclasses
+import warnings
 
 import onnx
 import pytest
 import torch
+from int8_kernels import (
+    QUANTIZATION_BOUND,
+    assert_kernels_compute,
+    reference_predictor,
+    relative_error,
+)
 from torchvision.ops import box_iou
 
 import pansight
+from pansight import hardware
 from pansight.cli import main
 from pansight.config import DataConfig, TrainConfig
 from pansight.data.factory import build_dataset
@@ -18,7 +28,14 @@ from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError, DataError
 from pansight.export import Int8Options, export_onnx, load_onnx, quantize_onnx
 from pansight.export.metadata import ExportMetadata
-from pansight.export.quantize import calibration_images, final_convolutions
+from pansight.export.quantize import (
+    calibration_images,
+    final_convolutions,
+    graph_feeds,
+    keyframe_feeds,
+    output_heads,
+)
+from pansight.export.yolact_edge import KEYFRAME_PREFIX, TRANSFER_PREFIX, branch_models
 from pansight.models.zoo import build_model
 from pansight.structures import Detections, PanopticMap, SemanticMap
 
@@ -42,6 +59,8 @@ YOLACT_EDGE = (
     },
 )
 OPTIONS = Int8Options(num_images=4)
+"""Weights as wide as this processor takes them: 7 bits without VNNI."""
+WIDTHS = (7, 8)
 TINY_RCNN = {
     "min_size": 64,
     "max_size": 128,
@@ -70,27 +89,81 @@ def tiny_model(name):
     return model
 
 
+def open_quietly(path):
+    """``load_onnx(path, 1)`` without the warning an 8-bit file gives without VNNI."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return load_onnx(path, 1)
+
+
+@dataclasses.dataclass
+class Quantized:
+    """A tiny model exported (``fp32``, the predictor of a file in ``folder``) and quantized on
+    first use with weights of each width, calibrated on ``DATA`` (only the width chosen for
+    this processor where a run needs no other)."""
+
+    name: str
+    fp32: object
+    folder: object
+    quantized: dict = dataclasses.field(default_factory=dict)
+
+    def width(self, bits):
+        """The int8 predictor with ``bits``-bit weights."""
+        if bits not in self.quantized:
+            options = dataclasses.replace(OPTIONS, reduce_range=bits == 7)
+            path = quantize_onnx(self.fp32.path, self.folder / f"int8_{bits}.onnx", options)
+            self.quantized[bits] = open_quietly(path)
+        return self.quantized[bits]
+
+    @property
+    def int8(self):
+        """The int8 predictor with the weight width chosen for this processor."""
+        return self.width(OPTIONS.weight_bits)
+
+
 @pytest.fixture(scope="module", params=list(TINY))
 def exported(request, tmp_path_factory):
-    """``(name, fp32 predictor, int8 predictor)`` of each tiny model, int8 calibrated on
-    ``DATA``."""
+    """Each tiny model, exported, to quantize."""
     name = request.param
     folder = tmp_path_factory.mktemp(name)
     fp32 = export_onnx(tiny_model(name), folder / "fp32.onnx", train_data=dataclasses.asdict(DATA))
-    int8 = quantize_onnx(fp32, folder / "int8.onnx", OPTIONS)
-    return name, load_onnx(fp32, 1), load_onnx(int8, 1)
+    return Quantized(name, load_onnx(fp32, 1), folder)
 
 
-def test_int8_file_keeps_metadata_and_says_int8(exported):
-    name, fp32, int8 = exported
+def test_int8_file_keeps_metadata_and_says_int8_and_its_weight_width(exported):
+    fp32 = exported.fp32
     assert fp32.metadata.precision == "fp32" and fp32.metadata.fp32_nodes == []
-    assert int8.metadata.precision == "int8"
-    assert dataclasses.replace(int8.metadata, precision="fp32", fp32_nodes=[]) == fp32.metadata
-    assert int8.metadata.model_name == name
+    assert fp32.metadata.int8_weight_bits is None
+    for bits in WIDTHS:
+        int8 = exported.width(bits)
+        assert int8.metadata.precision == "int8" and int8.metadata.int8_weight_bits == bits
+        plain = {"precision": "fp32", "fp32_nodes": [], "int8_weight_bits": None}
+        assert dataclasses.replace(int8.metadata, **plain) == fp32.metadata
+        assert int8.metadata.model_name == exported.name
+
+
+def test_weight_width_follows_the_processor_unless_chosen(monkeypatch):
+    for needs_reduced_range, bits in ((True, 7), (False, 8)):
+        monkeypatch.setattr(hardware, "int8_needs_reduced_range", lambda v=needs_reduced_range: v)
+        assert Int8Options().weight_bits == bits
+        assert Int8Options(reduce_range=True).weight_bits == 7
+        assert Int8Options(reduce_range=False).weight_bits == 8
+
+
+def test_8_bit_weights_warn_where_kernels_may_saturate(exported, monkeypatch):
+    paths = {bits: exported.width(bits).path for bits in WIDTHS}
+    monkeypatch.setattr(hardware, "int8_needs_reduced_range", lambda: True)
+    with pytest.warns(RuntimeWarning, match="may saturate.*7-bit weights"):
+        load_onnx(paths[8], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        load_onnx(paths[7], 1)
+        monkeypatch.setattr(hardware, "int8_needs_reduced_range", lambda: False)
+        load_onnx(paths[8], 1)
 
 
 def test_int8_graph_runs_integer_convolutions(exported):
-    _, _, int8 = exported
+    int8 = exported.int8
     graph = onnx.load(int8.path).graph
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= operators
@@ -100,41 +173,87 @@ def test_int8_graph_runs_integer_convolutions(exported):
     assert len(int8_weights) >= len(quantized_convs) > 0
 
 
+def assert_head_stays_float(int8_graph, fp32_nodes, heads, outputs):
+    """In ``int8_graph`` (a model) the convolutions computing ``outputs`` are ``heads``, among
+    its ``fp32_nodes``; only the other convolutions read dequantized weights, and the nodes
+    from ``heads`` to ``outputs`` hold no ``QuantizeLinear`` (onnxruntime would then quantize
+    the heads' weights itself and run them as integer kernels)."""
+    found_heads, between = output_heads(int8_graph, outputs)
+    assert set(found_heads) == set(heads) <= set(fp32_nodes)
+    nodes = {node.name: node for node in int8_graph.graph.node}
+    assert not {nodes[name].op_type for name in between} & {"QuantizeLinear", "DequantizeLinear"}
+    producers = {output: node for node in int8_graph.graph.node for output in node.output}
+    for node in int8_graph.graph.node:
+        if node.op_type == "Conv":
+            weight_producer = producers.get(node.input[1])
+            dequantized = (
+                weight_producer is not None and weight_producer.op_type == "DequantizeLinear"
+            )
+            assert dequantized == (node.name not in heads), node.name
+
+
 def test_yolact_head_stays_float_by_default(exported):
-    name, fp32, int8 = exported
-    graph = onnx.load(int8.path).graph
-    outputs = YOLACT_HEAD if name == "yolact_r18" else ()
-    head = set(final_convolutions(onnx.load(fp32.path), outputs))
-    assert set(int8.metadata.fp32_nodes) == head
-    producers = {output: node for node in graph.node for output in node.output}
-    for node in graph.node:
-        if node.op_type != "Conv":
-            continue
-        weight_producer = producers.get(node.input[1])
-        dequantized = weight_producer is not None and weight_producer.op_type == "DequantizeLinear"
-        assert dequantized == (node.name not in head), node.name
-    if name == "yolact_r18":
-        assert len(head) == 3 * 5  # box, class and coefficient convs at five pyramid levels
+    fp32, int8 = exported.fp32, exported.int8
+    outputs = YOLACT_HEAD if exported.name == "yolact_r18" else ()
+    heads = final_convolutions(onnx.load(fp32.path), outputs)
+    assert_head_stays_float(onnx.load(int8.path), int8.metadata.fp32_nodes, heads, outputs)
+    assert bool(int8.metadata.fp32_nodes) == bool(outputs)
+    if exported.name == "yolact_r18":
+        assert len(heads) == 3 * 5  # box, class and coefficient convs at five pyramid levels
+
+
+def calibration_feeds(predictor, count=2):
+    """The graph inputs of ``count`` calibration images, one dict per image."""
+    images = calibration_images(DATA, predictor.task, count)
+    return [
+        graph_feeds(predictor.preprocess([image])[0], bool(predictor.spec.per_image))
+        for image in images
+    ]
+
+
+def test_int8_kernels_compute_the_quantized_graph(exported):
+    """With the weight width chosen for this processor, each uint8 tensor the integer kernels
+    compute is the float reference's from the same inputs, to one step at a few elements
+    (:func:`int8_kernels.assert_kernels_compute`); 8-bit weights on AVX2 fail here."""
+    int8 = exported.int8
+    for feeds in calibration_feeds(int8):
+        assert_kernels_compute(onnx.load(int8.path), feeds)
+
+
+def test_quantization_error_is_bounded_for_each_weight_width(exported):
+    """The quantized graph run as written (float arithmetic, no integer kernels: the same on
+    every processor) stays within :data:`int8_kernels.QUANTIZATION_BOUND` of fp32, a bound
+    twice as wide for 7-bit weights as for 8-bit ones."""
+    fp32 = exported.fp32
+    batch, _ = fp32.preprocess(calibration_images(DATA, fp32.task, OPTIONS.num_images))
+    expected = fp32(batch)
+    for bits in WIDTHS:
+        found = reference_predictor(exported.width(bits))(batch)
+        for output in fp32.spec.output_names:
+            error = relative_error(getattr(found, output), getattr(expected, output))
+            assert error < QUANTIZATION_BOUND[bits], (bits, output, error)
 
 
 def test_int8_outputs_are_close_to_fp32_on_calibration_images(exported):
-    name, fp32, int8 = exported
+    """The kernels' outputs, another rounding of the quantized graph, are held to the same
+    bound as the graph run as written."""
+    fp32, int8 = exported.fp32, exported.int8
+    bound = QUANTIZATION_BOUND[int8.metadata.int8_weight_bits]
     images = calibration_images(DATA, fp32.task, OPTIONS.num_images)
     batch, _ = fp32.preprocess(images)
     expected, found = fp32(batch), int8(batch)
     for output in fp32.spec.output_names:
-        reference, quantized = getattr(expected, output), getattr(found, output)
-        error = (quantized - reference).norm() / reference.norm()
-        assert error < 0.08, (output, float(error))
-    if name == "fcn8s_r18":
+        error = relative_error(getattr(found, output), getattr(expected, output))
+        assert error < bound, (output, error)
+    if exported.name == "fcn8s_r18":
         agreement = (expected.logits.argmax(1) == found.logits.argmax(1)).float().mean()
         assert agreement > 0.95
 
 
 def test_int8_predictor_gives_the_eager_result_types(exported):
-    name, _, int8 = exported
+    int8 = exported.int8
     results = int8.predict(calibration_images(DATA, int8.task, 2))
-    result_type = SemanticMap if name == "fcn8s_r18" else Detections
+    result_type = SemanticMap if exported.name == "fcn8s_r18" else Detections
     assert len(results) == 2 and all(isinstance(result, result_type) for result in results)
 
 
@@ -183,19 +302,32 @@ def test_rcnn_int8_quantizes_convolutions_only(exported_rcnn):
 
 def matched_detections(expected, found, index):
     """For image ``index``: which fp32 detections have an int8 one of their label with IoU
-    above 0.5, and the indices of the best such int8 detection."""
+    above 0.9 (the same detection: quantization moves boxes by hundredths of a pixel, while the
+    near-duplicates NMS keeps overlap less), and the indices of the best such int8 detection."""
     same_label = expected.detection_labels[index][:, None] == found.detection_labels[index][None]
     overlaps = box_iou(expected.detection_boxes[index], found.detection_boxes[index])
-    overlaps = torch.where(same_label & (overlaps > 0.5), overlaps, 0.0)
+    overlaps = torch.where(same_label & (overlaps > 0.9), overlaps, 0.0)
     best = overlaps.max(dim=1)
     return best.values > 0, best.indices
 
 
+def test_rcnn_int8_kernels_compute_the_quantized_graph(exported_rcnn):
+    """As for the plain networks: every uint8 tensor of the R-CNN graph (its convolutions are
+    all outside the NMS branches) is the float reference's, to one step at a few elements."""
+    _, int8 = exported_rcnn
+    for feeds in calibration_feeds(int8):
+        assert_kernels_compute(onnx.load(int8.path), feeds)
+
+
 def test_rcnn_int8_detections_stay_close_to_fp32(exported_rcnn):
     """Random weights score every class alike, so the order of near-ties (and with it which
-    boxes NMS keeps) moves under quantization; measured: 80-90% of the 20 fp32 detections per
-    image kept, scores within 0.009, boxes within 0.05 px, semantic scores within 4.4%."""
+    boxes NMS keeps) moves under quantization: at least 70% of the 20 fp32 detections per
+    image are kept (measured 80-95% at both widths). Their scores and boxes move with the
+    features, whose error the quantization bound holds, so their tolerances scale with it: at
+    8 bits 0.02 and 0.5 px, twice that at 7 (measured within 0.006 and 0.05 px at both)."""
     fp32, int8 = exported_rcnn
+    bits = int8.metadata.int8_weight_bits
+    scale = QUANTIZATION_BOUND[bits] / QUANTIZATION_BOUND[8]
     batch, _ = fp32.preprocess(calibration_images(DATA, fp32.task, OPTIONS.num_images))
     expected, found = fp32(batch), int8(batch)
     kept = []
@@ -203,12 +335,14 @@ def test_rcnn_int8_detections_stay_close_to_fp32(exported_rcnn):
         matched, best = matched_detections(expected, found, index)
         kept.append(matched.float().mean())
         scores = expected.detection_scores[index][matched]
-        assert torch.allclose(found.detection_scores[index][best[matched]], scores, atol=0.02)
+        found_scores = found.detection_scores[index][best[matched]]
+        assert torch.allclose(found_scores, scores, atol=0.02 * scale)
         boxes = expected.detection_boxes[index][matched]
-        assert torch.allclose(found.detection_boxes[index][best[matched]], boxes, atol=0.5)
+        found_boxes = found.detection_boxes[index][best[matched]]
+        assert torch.allclose(found_boxes, boxes, atol=0.5 * scale)
     assert min(kept) >= 0.7, kept
     reference, quantized = expected.semantic_logits, found.semantic_logits
-    assert (quantized - reference).norm() / reference.norm() < 0.08
+    assert relative_error(quantized, reference) < QUANTIZATION_BOUND[bits]
     assert (reference.argmax(1) == quantized.argmax(1)).float().mean() > 0.9
 
 
@@ -218,16 +352,22 @@ def test_rcnn_int8_predictor_gives_the_eager_result_types(exported_rcnn):
     assert len(results) == 2 and all(isinstance(result, PanopticMap) for result in results)
 
 
-def test_every_output_can_stay_float_or_none(tmp_path):
+def test_every_output_can_stay_float_or_none_and_excluded_nodes_run_in_float(tmp_path):
+    """An excluded convolution among quantized nodes (here one feeding a residual sum) runs in
+    float: onnxruntime, left to itself, would quantize its weights (8 bits, one scale per
+    tensor), putting a fifth of its outputs a step off the graph's."""
     fp32 = export_onnx(tiny_model("yolact_r18"), tmp_path / "fp32.onnx")
     options = Int8Options(calibration=DATA, num_images=2, keep_fp32_outputs=())
     assert load_onnx(quantize_onnx(fp32, tmp_path / "none.onnx", options)).metadata.fp32_nodes == []
-    graph = onnx.load(fp32)
-    name = final_convolutions(graph, ("prototypes",))[0]
+    graph = onnx.load(fp32).graph
+    sums = {name for node in graph.node if node.op_type == "Add" for name in node.input}
+    name = next(
+        node.name for node in graph.node if node.op_type == "Conv" and node.output[0] in sums
+    )
     options = dataclasses.replace(options, exclude_nodes=(name,))
-    assert load_onnx(quantize_onnx(fp32, tmp_path / "one.onnx", options)).metadata.fp32_nodes == [
-        name
-    ]
+    one = load_onnx(quantize_onnx(fp32, tmp_path / "one.onnx", options), 1)
+    assert one.metadata.fp32_nodes == [name]
+    assert_kernels_compute(onnx.load(one.path), calibration_feeds(one, 1)[0])
 
 
 def test_bad_options_and_calibration_data_are_refused(tmp_path):
@@ -252,11 +392,22 @@ def test_bad_options_and_calibration_data_are_refused(tmp_path):
 def test_files_without_precision_read_as_fp32_and_unknown_precision_is_refused():
     metadata = ExportMetadata("fcn8s_r18", "semantic", ["a"], {}, {})
     props = metadata.to_props()
-    added = ("pansight.precision", "pansight.fp32_nodes")
+    added = ("pansight.precision", "pansight.fp32_nodes", "pansight.int8_weight_bits")
     older = {key: value for key, value in props.items() if key not in added}
     assert ExportMetadata.from_props(older, "old.onnx") == metadata
     with pytest.raises(CheckpointError, match="precision 'int4' is unknown"):
         ExportMetadata.from_props({**props, "pansight.precision": "int4"}, "new.onnx")
+
+
+def test_int8_files_without_weight_width_read_as_8_bits_and_unknown_widths_are_refused():
+    metadata = ExportMetadata("fcn8s_r18", "semantic", ["a"], {}, {}, "int8", [], 7)
+    props = metadata.to_props()
+    assert props["pansight.int8_weight_bits"] == "7"
+    assert ExportMetadata.from_props(props, "new.onnx") == metadata
+    older = {key: value for key, value in props.items() if key != "pansight.int8_weight_bits"}
+    assert ExportMetadata.from_props(older, "old.onnx").int8_weight_bits == 8
+    with pytest.raises(CheckpointError, match="int8 weight width '4' is unknown"):
+        ExportMetadata.from_props({**props, "pansight.int8_weight_bits": "4"}, "new.onnx")
 
 
 def test_cli_int8_export_round_trip(tmp_path, capsys):
@@ -270,13 +421,15 @@ def test_cli_int8_export_round_trip(tmp_path, capsys):
     out = tmp_path / "int8.onnx"
     arguments = ["export", str(tmp_path / "model.pt"), "--out", str(out), "--int8"]
     calibration = ["--calibration", "shapes", "data.num_train=3", "--calibration-images", "2"]
-    assert main(arguments + calibration) == 0
-    assert f"wrote {out} (int8)" in capsys.readouterr().out
+    assert main([*arguments, *calibration, "--weight-bits", "7"]) == 0
+    assert f"wrote {out} (int8, 7-bit weights)" in capsys.readouterr().out
     predictor = pansight.load(out)
-    assert predictor.metadata.precision == "int8"
+    assert predictor.metadata.precision == "int8" and predictor.metadata.int8_weight_bits == 7
     assert predictor.trained_on == DATA
     assert "mIoU" in pansight.evaluate(out, progress=False)
     assert main(["export", str(tmp_path / "model.pt"), "--calibration", "shapes"]) == 2
+    assert "need --int8" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "model.pt"), "--weight-bits", "8"]) == 2
     assert "need --int8" in capsys.readouterr().err
     assert main([*arguments, "--calibration", "data.num_train=0"]) == 2
     assert "no train images" in capsys.readouterr().err
@@ -295,24 +448,38 @@ def test_yolact_edge_int8_quantizes_both_paths_but_their_heads(exported_edge):
     fp32, int8 = exported_edge
     (switch,) = onnx.load(int8.path).graph.node
     assert switch.op_type == "If" and int8.has_flow
-    float_convs = set(int8.metadata.fp32_nodes)
-    for branch in (attribute.g for attribute in switch.attribute):
-        dequantized = {
-            output
-            for node in branch.node
-            if node.op_type == "DequantizeLinear"
-            for output in node.output
-        }
-        convolutions = [node for node in branch.node if node.op_type == "Conv"]
-        heads = [node for node in convolutions if node.name in float_convs]
+    branches = zip(
+        branch_models(onnx.load(fp32.path)),
+        branch_models(onnx.load(int8.path)),
+        (KEYFRAME_PREFIX, TRANSFER_PREFIX),
+    )
+    for fp32_branch, int8_branch, prefix in branches:
+        outputs = [prefix + output for output in YOLACT_HEAD]
+        heads = final_convolutions(fp32_branch, outputs)
         assert len(heads) == 3 * 5  # box, class and coefficient convs at five pyramid levels
-        for node in convolutions:
-            assert (node.input[1] in dequantized) == (node not in heads), node.name
+        assert_head_stays_float(int8_branch, int8.metadata.fp32_nodes, heads, outputs)
+
+
+def test_yolact_edge_int8_kernels_compute_both_paths(exported_edge):
+    """As for the plain networks, on each path's graph: the keyframe path on an image, the
+    non-keyframe path on the next image with the keyframe state the kernels computed."""
+    _, int8 = exported_edge
+    keyframe_graph, transfer_graph = branch_models(onnx.load(int8.path))
+    images = calibration_images(DATA, int8.task, 2)
+    keyframe, _ = int8.preprocess(images[:1])
+    frame, _ = int8.preprocess(images[1:])
+    _, state = int8.forward_frame(keyframe)
+    assert_kernels_compute(keyframe_graph, graph_feeds(keyframe, False))
+    assert_kernels_compute(
+        transfer_graph, graph_feeds(frame, False) | keyframe_feeds(state.keyframe)
+    )
 
 
 def test_yolact_edge_int8_stays_close_to_fp32_on_keyframes_and_warped_frames(exported_edge):
-    """Measured: relative errors 3-6% on both paths."""
+    """Within the quantization bound of the weight width chosen (measured: relative errors
+    up to 6% at 8 bits and 7.5% at 7, on both paths)."""
     fp32, int8 = exported_edge
+    bound = QUANTIZATION_BOUND[int8.metadata.int8_weight_bits]
     for image in calibration_images(DATA, fp32.task, 2):
         keyframe, _ = fp32.preprocess([image])
         frame, _ = fp32.preprocess([image.roll(2, dims=-1)])
@@ -324,9 +491,8 @@ def test_yolact_edge_int8_stays_close_to_fp32_on_keyframes_and_warped_frames(exp
             runs.append((key_outputs, warped_outputs))
         for expected, found in zip(*runs):
             for output in fp32.spec.output_names:
-                reference, quantized = getattr(expected, output), getattr(found, output)
-                error = (quantized - reference).norm() / reference.norm()
-                assert error < 0.08, (output, float(error))
+                error = relative_error(getattr(found, output), getattr(expected, output))
+                assert error < bound, (output, error)
     detections = int8.predict_video(calibration_images(DATA, int8.task, 2))
     assert all(isinstance(result, Detections) for result in detections)
 

@@ -11,6 +11,8 @@ Every value is a string; lists and dicts are JSON. The keys::
     pansight.train_data    JSON dict of the DataConfig it was trained on ({} when unknown)
     pansight.precision     "fp32", or "int8" for a statically quantized graph (absent: "fp32")
     pansight.fp32_nodes    JSON list: nodes of an int8 graph left in float ([] when absent)
+    pansight.int8_weight_bits
+                           "7" or "8": the width of an int8 graph's weights (absent: "8")
 
 With them a file alone rebuilds the predictor: the zoo entry named rebuilds the model's
 preprocessing and postprocessing, the graph holds the network and its weights.
@@ -30,6 +32,8 @@ VERSION = 1
 PREFIX = "pansight."
 JSON_FIELDS = ("class_names", "model_config", "train_data")
 PRECISIONS = ("fp32", "int8")
+WEIGHT_BITS = (7, 8)
+"""Widths of int8 weights: 7 bits (onnxruntime's ``reduce_range``) or the full 8."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class ExportMetadata:
         precision: ``fp32``, or ``int8`` for a graph quantized by
             :func:`~pansight.export.quantize.quantize_onnx`.
         fp32_nodes: names of the graph nodes an ``int8`` graph keeps in float.
+        int8_weight_bits: an ``int8`` graph's weight width, 7 or 8 (:data:`WEIGHT_BITS`);
+            ``None`` for ``fp32``.
     """
 
     model_name: str
@@ -55,6 +61,7 @@ class ExportMetadata:
     train_data: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     fp32_nodes: list[str] = field(default_factory=list)
+    int8_weight_bits: int | None = None
 
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` entries (key -> string value) describing this export."""
@@ -65,6 +72,8 @@ class ExportMetadata:
             props[f"{PREFIX}{name}"] = json.dumps(getattr(self, name))
         props[f"{PREFIX}precision"] = self.precision
         props[f"{PREFIX}fp32_nodes"] = json.dumps(self.fp32_nodes)
+        if self.int8_weight_bits is not None:
+            props[f"{PREFIX}int8_weight_bits"] = str(self.int8_weight_bits)
         return props
 
     @classmethod
@@ -73,8 +82,10 @@ class ExportMetadata:
 
         Raises:
             CheckpointError: naming ``path``, if the file has no pansight metadata (not ours),
-                a newer version, an entry that is missing or not valid JSON, or an unknown
-                precision. ``precision`` and ``fp32_nodes`` are optional (older files lack them).
+                a newer version, an entry that is missing or not valid JSON, an unknown
+                precision or weight width. ``precision``, ``fp32_nodes`` and
+                ``int8_weight_bits`` are optional (older files lack them; their int8 weights
+                have 8 bits).
         """
         if props.get(f"{PREFIX}format") != FORMAT:
             raise CheckpointError(
@@ -103,11 +114,12 @@ class ExportMetadata:
 
 
 def precision_fields(props: dict[str, str], path: str | Path) -> dict[str, Any]:
-    """``precision`` and ``fp32_nodes`` from ``props`` (``fp32`` and ``[]`` when absent).
+    """``precision``, ``fp32_nodes`` and ``int8_weight_bits`` from ``props`` (``fp32``, ``[]``
+    and, for int8, 8 when absent; ``None`` for fp32).
 
     Raises:
-        CheckpointError: naming ``path``, for an unknown precision or a node list that is not a
-            JSON list.
+        CheckpointError: naming ``path``, for an unknown precision or weight width, or a node
+            list that is not a JSON list.
     """
     precision = props.get(f"{PREFIX}precision", "fp32")
     if precision not in PRECISIONS:
@@ -122,4 +134,23 @@ def precision_fields(props: dict[str, str], path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: metadata {key!r} is not JSON: {error}") from None
     if not isinstance(fp32_nodes, list):
         raise CheckpointError(f"{path}: metadata {key!r} is not a JSON list")
-    return {"precision": precision, "fp32_nodes": fp32_nodes}
+    return {
+        "precision": precision,
+        "fp32_nodes": fp32_nodes,
+        "int8_weight_bits": weight_bits(props, path) if precision == "int8" else None,
+    }
+
+
+def weight_bits(props: dict[str, str], path: str | Path) -> int:
+    """The int8 weight width ``props`` give (8 when absent: files written before the choice).
+
+    Raises:
+        CheckpointError: naming ``path``, for a width outside :data:`WEIGHT_BITS`.
+    """
+    text = props.get(f"{PREFIX}int8_weight_bits", "8")
+    if text not in {str(bits) for bits in WEIGHT_BITS}:
+        raise CheckpointError(
+            f"{path}: int8 weight width {text!r} is unknown; this pansight reads "
+            f"{', '.join(map(str, WEIGHT_BITS))} bits"
+        )
+    return int(text)

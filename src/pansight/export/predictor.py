@@ -5,11 +5,16 @@
 ``__call__`` (the graph) and ``postprocess``. Pre- and postprocessing are the eager model's
 own methods, called on a weightless copy of the model (built on the ``meta`` device from the
 file's metadata), so both backends resize and decode with the same code.
+
+An int8 file with 8-bit weights opened on a processor without VNNI warns once (a
+``RuntimeWarning``): there onnxruntime's integer kernels may saturate
+(:mod:`pansight.export.quantize`), and the file should be exported again with 7-bit weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ import onnxruntime
 import torch
 from torch import Tensor
 
+from pansight import hardware
 from pansight.config import DataConfig, from_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.export.graph import INPUT_NAME, ExportSpec, export_spec
@@ -64,6 +70,7 @@ class OnnxPredictor:
         self.session = session or open_session(self.path, threads)
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ExportMetadata.from_props(props, self.path)
+        warn_if_int8_may_saturate(self.metadata, self.path)
         self.model = weightless_model(self.metadata, self.path)
         try:
             self.spec: ExportSpec = export_spec(type(self.model), self.metadata.model_name)
@@ -163,9 +170,15 @@ class OnnxPredictor:
             )
 
 
+KEEP_FLOAT_WEIGHTS = ("WeightBiasQuantization",)
+"""onnxruntime passes a session disables: ``WeightBiasQuantization`` quantizes the weights of
+float convolutions among quantized nodes itself (8 bits, one scale per tensor), which would undo
+an int8 graph's ``exclude_nodes`` and run them as integer kernels."""
+
+
 def open_session(path: Path, threads: int | None) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session on ``path`` with ``threads`` intra-op threads (``None``: the
-    runtime's default).
+    runtime's default); the float weights of an int8 graph stay float (:data:`KEEP_FLOAT_WEIGHTS`).
 
     Raises:
         CheckpointError: naming ``path``, if it is missing or not an ONNX model.
@@ -178,10 +191,30 @@ def open_session(path: Path, threads: int | None) -> onnxruntime.InferenceSessio
             raise ConfigError(f"threads={threads} must be at least 1")
         options.intra_op_num_threads = threads
     try:
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(
+            str(path),
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(KEEP_FLOAT_WEIGHTS),
+        )
     except Exception as error:  # onnxruntime raises its own types for unreadable models
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{path}: cannot read the ONNX file: {reason}") from None
+
+
+def warn_if_int8_may_saturate(metadata: ExportMetadata, path: Path) -> None:
+    """Warn (``RuntimeWarning``; Python's default filters show it once per file) when
+    ``metadata`` describes 8-bit int8 weights and this processor lacks VNNI, so onnxruntime's
+    uint8 x int8 kernels may saturate their 16-bit pair sums."""
+    if metadata.int8_weight_bits == 8 and hardware.int8_needs_reduced_range():
+        warnings.warn(
+            f"{path}: int8 weights have 8 bits, and this processor has no VNNI: onnxruntime's "
+            "integer kernels may saturate and give outputs far from the quantized model's; "
+            "export it again with 7-bit weights (`pansight export --int8 --weight-bits 7`, "
+            "or Int8Options(reduce_range=True))",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def weightless_model(metadata: ExportMetadata, path: Path) -> PansightModel:

@@ -6,9 +6,21 @@ takes) to find each activation's range, and writes an int8 graph in the QDQ form
 ``QuantizeLinear``/``DequantizeLinear`` pairs around the convolutions, uint8 activations, int8
 weights with one scale per output channel. onnxruntime's CPU provider fuses each pair-wrapped
 ``Conv`` into one ``QLinearConv`` (u8s8, the form its VNNI kernels take). The file keeps the
-export's metadata, with ``precision`` ``int8`` and the names of the nodes left in float
-(``fp32_nodes``), so :class:`~pansight.export.predictor.OnnxPredictor` opens it unchanged:
-inputs and outputs are the same float tensors.
+export's metadata, with ``precision`` ``int8``, the names of the nodes left in float
+(``fp32_nodes``) and the weights' width (``int8_weight_bits``), so
+:class:`~pansight.export.predictor.OnnxPredictor` opens it unchanged: inputs and outputs are the
+same float tensors.
+
+The weights' width depends on the processor that runs the file. With VNNI, u8s8 products
+accumulate in 32 bits and the kernels compute the quantized graph as written (but for values
+within float error of a half step, which they may round the other way). Without it (AVX2
+processors, many AMD EPYCs) onnxruntime uses ``vpmaddubsw``, which adds two u8 x s8 products
+into a saturating 16-bit sum: with 8-bit weights (up to 127) a pair reaches 2 x 255 x 127 =
+64770 > 32767, elements come out tens of steps off, and a tiny YOLACT's outputs 12-14% off
+fp32 instead of 4-5%. Weights in 7 bits (``reduce_range``, up to 64) keep a pair within
+2 x 255 x 64 = 32640, at twice the weight step. :attr:`Int8Options.reduce_range` left at
+``None`` takes 7 bits where :func:`pansight.hardware.int8_needs_reduced_range` says so, 8
+elsewhere.
 
 Int8 covers every exportable model (:data:`QUANTIZABLE`): the classifiers, localizers, FCNs,
 YOLACT, YolactEdge, Faster/Mask R-CNN and Panoptic FPN. In the plain convolution networks
@@ -49,6 +61,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor
 
+from pansight import hardware
 from pansight.config import DataConfig, from_dict
 from pansight.errors import CheckpointError, ConfigError, DataError
 from pansight.export.graph import INPUT_NAME, write_atomically
@@ -92,8 +105,10 @@ class Int8Options:
             model's default (:data:`DEFAULT_FP32_OUTPUTS`).
         exclude_nodes: further node names left in float.
         per_channel: one weight scale per output channel (else one per tensor).
-        reduce_range: 7-bit weights (for processors without VNNI, where u8s8 products may
-            saturate).
+        reduce_range: 7-bit weights (for processors without VNNI, where u8s8 products of
+            8-bit weights saturate), else 8-bit; ``None``: what this processor needs
+            (:func:`pansight.hardware.int8_needs_reduced_range`). A file with 7-bit weights
+            is right everywhere, one with 8-bit weights only on processors with VNNI.
     """
 
     calibration: DataConfig | None = None
@@ -101,7 +116,15 @@ class Int8Options:
     keep_fp32_outputs: tuple[str, ...] | None = None
     exclude_nodes: tuple[str, ...] = ()
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None
+
+    @property
+    def weight_bits(self) -> int:
+        """The weights' width these options give on this processor: 7 or 8."""
+        reduce_range = self.reduce_range
+        if reduce_range is None:
+            reduce_range = hardware.int8_needs_reduced_range()
+        return 7 if reduce_range else 8
 
 
 def supports_int8(model_cls: type) -> bool:
@@ -148,6 +171,8 @@ def quantize_onnx(
     from pansight.export.predictor import load_onnx
 
     options = options or Int8Options()
+    weight_bits = options.weight_bits
+    options = replace(options, reduce_range=weight_bits == 7)
     fp32_path, out = Path(fp32_path), Path(out)
     predictor = load_onnx(fp32_path, threads=1)
     if predictor.metadata.precision != "fp32":
@@ -171,7 +196,9 @@ def quantize_onnx(
             check_exclude_nodes([fp32_graph], options)
             feeds = [graph_feeds(batch, job.per_image) for batch in batches]
             int8_graph, fp32_nodes = job.quantize(fp32_graph, feeds)
-    metadata = replace(predictor.metadata, precision="int8", fp32_nodes=fp32_nodes)
+    metadata = replace(
+        predictor.metadata, precision="int8", fp32_nodes=fp32_nodes, int8_weight_bits=weight_bits
+    )
     del int8_graph.metadata_props[:]
     onnx.helper.set_model_props(int8_graph, metadata.to_props())
     return write_atomically(int8_graph, out)
@@ -309,7 +336,8 @@ def fp32_node_names(
 ) -> list[str]:
     """Names of the nodes of ``graph`` to leave in float: the final convolutions of
     ``options.keep_fp32_outputs`` (default: the model class's; output names as the graph has
-    them after ``prefix``) and those of ``options.exclude_nodes`` the graph has.
+    them after ``prefix``) with the nodes between them and those outputs, and the nodes of
+    ``options.exclude_nodes`` the graph has.
 
     Raises:
         ConfigError: an output name the graph lacks.
@@ -317,15 +345,30 @@ def fp32_node_names(
     outputs = options.keep_fp32_outputs
     if outputs is None:
         outputs = DEFAULT_FP32_OUTPUTS.get(model_cls, ())
-    names = final_convolutions(graph, [prefix + output for output in outputs])
+    convolutions, between = output_heads(graph, [prefix + output for output in outputs])
     known = {node.name for node in graph.graph.node}
-    return sorted(set(names) | (set(options.exclude_nodes) & known))
+    return sorted(set(convolutions) | set(between) | (set(options.exclude_nodes) & known))
 
 
 def final_convolutions(graph: onnx.ModelProto, outputs: Sequence[str]) -> list[str]:
+    """Names of the ``Conv`` nodes that compute graph ``outputs`` (:func:`output_heads`).
+
+    Raises:
+        ConfigError: an output name the graph lacks.
+    """
+    return output_heads(graph, outputs)[0]
+
+
+def output_heads(graph: onnx.ModelProto, outputs: Sequence[str]) -> tuple[list[str], list[str]]:
     """Names of the ``Conv`` nodes that compute graph ``outputs``, found walking up from each
     output through non-``Conv`` nodes (reshapes, concatenations, activations) and stopping at
-    every ``Conv``.
+    every ``Conv`` (and at ``Shape``, which reads no values), and names of those non-``Conv``
+    nodes.
+
+    A convolution kept in float needs the nodes after it kept in float too: a
+    ``QuantizeLinear`` on its output (which onnxruntime's QDQ propagation moves up through
+    transposes and reshapes) makes onnxruntime quantize its weights itself (8 bits, one scale
+    per tensor: its ``WeightBiasQuantization`` pass) and run it as an integer kernel.
 
     Raises:
         ConfigError: an output name the graph lacks.
@@ -335,14 +378,15 @@ def final_convolutions(graph: onnx.ModelProto, outputs: Sequence[str]) -> list[s
     if missing:
         raise ConfigError(f"outputs {missing} are not graph outputs; it has {graph_outputs}")
     producer = {name: node for node in graph.graph.node for name in node.output}
-    pending, seen, convolutions = list(outputs), set(), []
+    pending, seen, convolutions, between = list(outputs), set(), [], []
     while pending:
         node = producer.get(pending.pop())
-        if node is None or node.name in seen:
+        if node is None or node.name in seen or node.op_type == "Shape":
             continue
         seen.add(node.name)
         if node.op_type == "Conv":
             convolutions.append(node.name)
         else:
+            between.append(node.name)
             pending.extend(node.input)
-    return sorted(convolutions)
+    return sorted(convolutions), sorted(between)
