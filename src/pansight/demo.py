@@ -70,11 +70,11 @@ YOLACT = {"model": "yolact_r18", "model.input_size": 128}
 
 
 def rungs(quick: bool) -> list[Rung]:
-    """The rungs in ladder order (classification first); ``quick`` shortens every schedule to
-    about half and asks less of each rung."""
+    """The rungs in ladder order (classification first); ``quick`` halves the three longest
+    schedules (detection, YOLACT, semantic) and asks less of every rung."""
 
-    def iters(full: int) -> dict[str, int]:
-        return {"max_iters": full // 2 if quick else full}
+    def iters(full: int, quick_iters: int) -> dict[str, int]:
+        return {"max_iters": quick_iters if quick else full}
 
     def floor(full: float, quick_floor: float) -> float:
         return quick_floor if quick else full
@@ -85,8 +85,8 @@ def rungs(quick: bool) -> list[Rung]:
             "classify",
             "classification",
             "top1",
-            floor(0.97, 0.85),
-            {**OBJECTS, **iters(150), "lr": 2e-3, "warmup_iters": 10},
+            floor(0.97, 0.80),
+            {**OBJECTS, **iters(150, 150), "lr": 2e-3, "warmup_iters": 10},
             init_from="instance",
         ),
         Rung(
@@ -95,19 +95,24 @@ def rungs(quick: bool) -> list[Rung]:
             "localization",
             "loc_accuracy",
             floor(0.95, 0.80),
-            {**OBJECTS, **iters(60), "lr": 1e-3, "warmup_iters": 10},
+            {**OBJECTS, **iters(60, 60), "lr": 1e-3, "warmup_iters": 10},
             init_from="classify",
         ),
         Rung(
-            "detect", "detect", "detection", "box_AP", floor(0.55, 0.30), {**SCENES, **iters(800)}
+            "detect",
+            "detect",
+            "detection",
+            "box_AP",
+            floor(0.55, 0.30),
+            {**SCENES, **iters(800, 400)},
         ),
         Rung(
             "semantic",
             "semantic",
             "semantic",
             "mIoU",
-            floor(0.80, 0.65),
-            {**SCENES, **iters(700), "batch_size": 8, "warmup_iters": 20},
+            floor(0.80, 0.55),
+            {**SCENES, **iters(700, 350), "batch_size": 8, "warmup_iters": 20},
             init_from="instance_yolact",
         ),
         Rung(
@@ -115,8 +120,8 @@ def rungs(quick: bool) -> list[Rung]:
             "instance",
             "instance (Mask R-CNN)",
             "mask_AP",
-            floor(0.50, 0.35),
-            {**SCENES, **iters(200), "warmup_iters": 20},
+            floor(0.50, 0.30),
+            {**SCENES, **iters(200, 200), "warmup_iters": 20},
             init_from="detect",
         ),
         Rung(
@@ -125,7 +130,7 @@ def rungs(quick: bool) -> list[Rung]:
             "instance (YOLACT)",
             "mask_AP",
             floor(0.45, 0.25),
-            {**SCENES, **iters(600), **YOLACT, "warmup_iters": 20},
+            {**SCENES, **iters(600, 300), **YOLACT, "warmup_iters": 20},
             init_from="instance",
         ),
         Rung(
@@ -133,8 +138,8 @@ def rungs(quick: bool) -> list[Rung]:
             "panoptic",
             "panoptic",
             "PQ",
-            floor(0.70, 0.55),
-            {**SCENES, **iters(150), "warmup_iters": 20},
+            floor(0.70, 0.50),
+            {**SCENES, **iters(150, 150), "warmup_iters": 20},
             init_from="instance",
         ),
     ]
@@ -274,12 +279,16 @@ LADDER_CANDIDATES = 20
 """Validation images tried, in order, for the ladder figure."""
 
 
+CONFIDENT = 0.5
+"""The score above which the ladder judges and draws a detection."""
+
+
 def draw_ladder(
     ladder: list[Rung], models: dict[str, PansightModel], path: Path
 ) -> tuple[int, dict[str, bool]]:
     """``ladder.png``: one 128 px validation image with a single thing over stuff, seen by the
     first model of every task, left to right from classification to panoptic, each panel
-    titled.
+    titled; detections are drawn when they score above :data:`CONFIDENT`.
 
     The image is the first of the validation split (seed 0) on which every model is right
     (:func:`is_right`), among the first :data:`LADDER_CANDIDATES`; failing that, the one
@@ -302,7 +311,10 @@ def draw_ladder(
     index, right, results = best
     image, _ = dataset[index]
     panels = [
-        with_title(draw_result(image, result, models[rung.name].class_names), rung.title)
+        with_title(
+            draw_result(image, result, models[rung.name].class_names, min_score=CONFIDENT),
+            rung.title,
+        )
         for rung, result in results
     ]
     save_png(image_grid(panels, ncol=len(panels)), path)
@@ -311,13 +323,13 @@ def draw_ladder(
 
 def is_right(task: str, result: Any, target: Target, pixel_share: float = 0.9) -> bool:
     """Whether a model's result on a single-object image is right: the right class
-    (classification, localization), every detection scoring above 0.5 of the right class and
-    at least one (detection, instance), or the right class on at least ``pixel_share`` of the
-    pixels (semantic, panoptic)."""
+    (classification, localization), every detection scoring above :data:`CONFIDENT` of the
+    right class and at least one (detection, instance), or the right class on at least
+    ``pixel_share`` of the pixels (semantic, panoptic)."""
     if isinstance(result, Classification | Localization):
         return result.label == target.label
     if isinstance(result, Detections):
-        confident = result.labels[result.scores > 0.5]
+        confident = result.labels[result.scores > CONFIDENT]
         return len(confident) > 0 and bool((confident == target.label).all())
     labels = _pixel_classes(result)
     return float((labels == target.semantic).float().mean()) >= pixel_share
