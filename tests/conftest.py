@@ -2,8 +2,9 @@
 
 A test that trains and asserts what was learned takes the ``seed`` fixture (0 by default) to
 seed its model's initialisation and its data, and carries the ``training`` marker.
-``pytest -m training --training-seeds N`` reruns each of them for seeds ``0 .. N-1``, which
-shows whether a bound holds with margin or only for the one seed the default suite uses.
+``pytest -m "training and not slow" --training-seeds N`` reruns those of the default suite for
+seeds ``0 .. N-1`` (``-m training`` alone also takes the slow ones), which shows whether a bound
+holds with margin or only for the one seed the default suite uses.
 """
 
 import pytest
