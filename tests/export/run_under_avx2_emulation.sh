@@ -6,8 +6,8 @@
 # It runs the tests of what the integer kernels compute, node by node (-k kernels_compute):
 # the rest of test_quantize.py checks the files, the float arithmetic of the quantized graph
 # (the same on every processor) and the kernels' outputs end to end. qemu runs about 50 times
-# slower than the host: these four tests take about N minutes under it, the whole file about 45
-# (pass -k '' for it; later pytest arguments override the default). Without qemu-x86_64 this
+# slower than the host: these four tests took 15 minutes under it on a 2-core Xeon, the whole
+# file would take hours (pass -k '' for it; later pytest arguments override the default). Without qemu-x86_64 this
 # says so and succeeds.
 #
 #   tests/export/run_under_avx2_emulation.sh [PYTEST ARGS...]
