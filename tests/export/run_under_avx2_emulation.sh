@@ -4,7 +4,7 @@
 # weights saturate) and torch reports no VNNI, so the weight width chosen is 7 bits.
 #
 # It runs the tests of what the integer kernels compute, node by node (-k kernels_compute):
-# the rest of test_quantize.py checks the files, the float arithmetic of the quantized graph
+# the rest of test_quantize*.py checks the files, the float arithmetic of the quantized graph
 # (the same on every processor) and the kernels' outputs end to end. qemu runs about 50 times
 # slower than the host: these four tests took 15 minutes under it on a 2-core Xeon, the whole
 # file would take hours (pass -k '' for it; later pytest arguments override the default). Without qemu-x86_64 this
@@ -20,5 +20,5 @@ fi
 python="${PYTHON:-.venv/bin/python}"
 # qemu warns once per CPUID feature its code generator lacks; those lines are noise here.
 qemu-x86_64 -cpu Haswell-v4 "$python" -m pytest -q -p no:cacheprovider \
-    tests/export/test_quantize.py -k kernels_compute "$@" \
+    tests/export/test_quantize.py tests/export/test_quantize_detectors.py -k kernels_compute "$@" \
     2> >(grep -v "TCG doesn't support requested feature" >&2)
