@@ -89,7 +89,7 @@ from pansight.export.graph import ExportSpec, export_spec
 from pansight.export.quantize import supports_int8
 from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
 from pansight.models.base import PansightModel
-from pansight.models.yolact_edge import YolactEdge
+from pansight.models.yolact.edge.model import YolactEdge
 from pansight.models.zoo import MODELS, build_model
 
 DEFAULT_MODELS = ("classifier_r18", "localizer_r18", "fcn8s_r18")

@@ -3,7 +3,8 @@
 torchvision's ``fcn_resnet50`` is built with random weights (batch-norm statistics measured on
 the bench images, batch-norm scales and shifts drawn at random) and its state dict is imported
 into pansight's ``fcn_resnet50`` (dilated ResNet-50, ``FCNHead``) with
-:func:`pansight.models.fcn_import.import_torchvision_fcn`. Both run the network only: images in,
+:func:`pansight.models.fcn.torchvision_import.import_torchvision_fcn`.
+Both run the network only: images in,
 class scores at every input pixel out (ours normalises the pixels inside; torchvision gets them
 normalised). Three rows:
 
@@ -43,8 +44,8 @@ from torch import Tensor
 from torchvision.models.segmentation import fcn_resnet50
 
 from pansight.models.base import IMAGENET_MEAN, IMAGENET_STD
-from pansight.models.fcn import FCN, FCNConfig
-from pansight.models.fcn_import import import_torchvision_fcn
+from pansight.models.fcn.model import FCN, FCNConfig
+from pansight.models.fcn.torchvision_import import import_torchvision_fcn
 from pansight.models.fuse import optimize_for_inference
 from pansight.structures import ImageBatch
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from pansight.models.rcnn import MaskRCNN
+from pansight.models.rcnn.model import MaskRCNN
 from pansight.structures import Detections
 
 SAME_BOX_IOU = 0.99

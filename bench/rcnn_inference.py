@@ -3,7 +3,8 @@
 All models hold the same weights: torchvision's model is built with random weights (batch-norm
 statistics measured on the bench images, batch-norm affine and classifier randomised so that
 detections are varied), and its state dict is imported into ``mask_rcnn_r50_fpn`` with
-:func:`pansight.models.rcnn_import.import_torchvision_rcnn`. The score threshold is low enough
+:func:`pansight.models.rcnn.torchvision_import.import_torchvision_rcnn`.
+The score threshold is low enough
 that every image keeps ``--detections`` detections in every model. Three models run:
 
 - ``torchvision``: ``model(images)`` under ``torch.inference_mode``;
@@ -55,8 +56,8 @@ from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from pansight.models.fuse import optimize_for_inference
-from pansight.models.rcnn import MaskRCNN, RCNNConfig
-from pansight.models.rcnn_import import import_torchvision_rcnn
+from pansight.models.rcnn.model import MaskRCNN, RCNNConfig
+from pansight.models.rcnn.torchvision_import import import_torchvision_rcnn
 
 NUM_CLASSES = 90
 """COCO's 90 category slots (torchvision's ``num_classes=91`` counts the background)."""

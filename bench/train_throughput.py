@@ -6,7 +6,7 @@ A step is what pansight's trainer does per iteration (``Trainer._train_step``): 
 recipe clips -> optimizer step -> schedule step. Everything comes from pansight itself: the
 task's recipe (``pansight.api.make_train_config``: batch size, image size, optimizer), the
 synthetic world with its training augmentation (``pansight.data.factory``), the trainer's
-loader and optimizer (``pansight.data.loader``, ``pansight.engine.optim``) and the zoo's model.
+loader and optimizer (``pansight.engine.loader``, ``pansight.engine.optim``) and the zoo's model.
 The batches are loaded before the timing; the table gives their load time apart, as the
 trainer with ``workers=0`` adds it to every step: a second pass over the same batches, so with
 the world's renders cached (augmentation and collation: what every epoch after the first costs).
@@ -47,7 +47,7 @@ from pansight import hardware
 from pansight.api import make_train_config, model_label_space
 from pansight.config import TrainConfig
 from pansight.data.factory import build_dataset, wrap_for_training
-from pansight.data.loader import build_loader
+from pansight.engine.loader import build_loader
 from pansight.engine.optim import build_optimizer, build_scheduler
 from pansight.engine.precision import resolve_precision
 from pansight.engine.trainer import seed_everything

@@ -53,8 +53,8 @@ from torchvision.ops import box_convert
 from pansight.data.shapes import ShapesDataset
 from pansight.models.base import PansightModel
 from pansight.models.fuse import optimize_for_inference
-from pansight.models.yolact import Yolact
-from pansight.models.yolact_import import coco_80_class_names
+from pansight.models.yolact.model import Yolact
+from pansight.models.yolact.original_import import coco_80_class_names
 from pansight.models.zoo import build_model
 from pansight.ops.nms import fast_nms, standard_nms
 from pansight.structures import ImageBatch
@@ -80,7 +80,7 @@ SPREADS: dict[str, dict[str, tuple[float, float]]] = {
 """Per model, head layer -> ``(std of its output without the bias, std of the random bias)``."""
 
 NMS_THRESH, TOP_K, MAX_DETECTIONS = 0.5, 200, 100
-"""YOLACT's NMS settings (:class:`~pansight.models.yolact.YolactConfig`'s defaults)."""
+"""YOLACT's NMS settings (:class:`~pansight.models.yolact.model.YolactConfig`'s defaults)."""
 NMS_FRAME = 550
 """Side of the square frame the NMS candidate boxes lie in, in pixels."""
 OBJECT_SIDES = (16, 300)

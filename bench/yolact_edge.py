@@ -48,12 +48,12 @@ from yolact import YOLACT, randomise
 
 from pansight.data.shapes_video import ShapesVideoDataset, render_clip
 from pansight.engine.video_evaluator import evaluate_video
-from pansight.models.feature_flow import transfer
 from pansight.models.fuse import optimize_for_inference
-from pansight.models.yolact import Yolact
-from pansight.models.yolact_edge import YolactEdge
-from pansight.models.yolact_head import merge_top_down
-from pansight.models.yolact_import import coco_80_class_names
+from pansight.models.yolact.edge.flow import transfer
+from pansight.models.yolact.edge.model import YolactEdge
+from pansight.models.yolact.head import merge_top_down
+from pansight.models.yolact.model import Yolact
+from pansight.models.yolact.original_import import coco_80_class_names
 from pansight.models.zoo import build_model, load
 
 BACKBONES = {"r50": "yolact_edge_r50", "r101": "yolact_edge_r101"}

@@ -13,8 +13,8 @@ from pansight.config import TrainConfig
 from pansight.data.images import write_image
 from pansight.data.shapes import THING_CLASSES, ShapesDataset
 from pansight.engine.checkpoint import model_payload, save_checkpoint
-from pansight.models.yolact import MaskComposition
-from pansight.models.yolact_head import crop_to_boxes
+from pansight.models.yolact.head import crop_to_boxes
+from pansight.models.yolact.model import MaskComposition
 from pansight.models.zoo import build_model
 from pansight.structures import Detections
 from pansight.viz_prototypes import (

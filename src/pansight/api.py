@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pansight.config import TASKS, DataConfig, TrainConfig, apply_overrides, from_dict
+from pansight.config import TASKS, DataConfig, TrainConfig, apply_overrides
+from pansight.data.factory import build_clips, build_dataset, wrap_for_training
+from pansight.engine import evaluator, video_evaluator
+from pansight.engine.checkpoint import load_checkpoint
+from pansight.engine.trainer import Trainer, seed_everything
 from pansight.errors import CheckpointError, ConfigError
+from pansight.loading import open_model
 from pansight.models.base import PansightModel
+from pansight.models.registry import family_of_model
+from pansight.models.transfer import transfer_weights
+from pansight.models.zoo import MODELS, build_model, load_state_dict_strictly
 
 if TYPE_CHECKING:
     from pansight.export import OnnxPredictor
@@ -32,57 +40,6 @@ DEFAULT_MODELS = {
     "panoptic": "panoptic_fpn_r18",
 }
 """The model each task trains when no ``model=`` is given."""
-
-RCNN_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "batch_size": 4,
-    "warmup_iters": 100,
-    "clip_grad": 10.0,
-    "data.mode": "multi",
-    "data.image_size": 128,
-}
-"""Faster/Mask R-CNN from scratch on the synthetic world's 128 px scenes. AdamW with bfloat16
-autocast reaches in 1,800 iterations (mask AP 0.705, box AP 0.80, 14.4 CPU-minutes) what SGD
-0.02 in float32 reached in 3,000 (mask AP 0.685, about an hour)."""
-
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "classify": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "batch_size": 64},
-    "localize": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "batch_size": 64},
-    "detect": {**RCNN_DEFAULTS},
-    "instance": {**RCNN_DEFAULTS},
-    "panoptic": {**RCNN_DEFAULTS},
-    "semantic": {
-        "optimizer": "adamw",
-        "lr": 4e-3,
-        "weight_decay": 0.01,
-        "batch_size": 16,
-        "data.mode": "multi",
-        "data.image_size": 128,
-    },
-}
-"""Training settings that suit each task better than TrainConfig's generic defaults."""
-
-YOLACT_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",
-    "lr": 3e-3,
-    "weight_decay": 0.05,
-    "batch_size": 8,
-    "warmup_iters": 100,
-    "clip_grad": 10.0,
-}
-"""YOLACT from scratch: AdamW converges in far fewer iterations than the R-CNN's SGD recipe
-(mask AP50 0.72 vs 0.46 after 1,500 iterations of 4 images), bfloat16 autocast makes a CPU
-iteration about 1.6 times faster, and batches of 8 use the processor better than batches of 4
-(1,500 x 8 images: mask AP50 0.864 in 14.9 CPU-minutes; 3,000 x 4: 0.859 in 17.8)."""
-
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "yolact_r18": YOLACT_DEFAULTS,
-    "yolact_edge_r18": YOLACT_DEFAULTS,
-}
-"""Training settings of models whose recipe differs from their task's (applied over
-:data:`TASK_DEFAULTS`)."""
 
 
 @dataclass
@@ -104,8 +61,8 @@ def make_train_config(task: str, overrides: dict[str, Any]) -> tuple[TrainConfig
     """Split ``overrides`` into a TrainConfig for ``task`` and the model's own overrides.
 
     Keys starting with ``model.`` go to the model's config; everything else to TrainConfig.
-    TrainConfig's fields start from the task's defaults, then the chosen model's, then
-    ``overrides``.
+    TrainConfig's fields start from the recipe the chosen model's family declares for
+    ``task`` (:class:`~pansight.models.registry.Family`), then ``overrides``.
     """
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
@@ -114,12 +71,9 @@ def make_train_config(task: str, overrides: dict[str, Any]) -> tuple[TrainConfig
     model_overrides = {k[6:]: v for k, v in overrides.items() if k.startswith("model.")}
     train_overrides = {k: v for k, v in overrides.items() if not k.startswith("model.")}
     model = str(train_overrides.get("model", DEFAULT_MODELS[task]))
-    defaults = {
-        "task": task,
-        "model": model,
-        **TASK_DEFAULTS.get(task, {}),
-        **MODEL_DEFAULTS.get(model, {}),
-    }
+    family = family_of_model(model)
+    recipe = family.recipes.get(task, {}) if family else {}
+    defaults = {"task": task, "model": model, **recipe}
     config = apply_overrides(TrainConfig(task=task), defaults)
     return apply_overrides(config, train_overrides), model_overrides
 
@@ -129,10 +83,6 @@ def train(task: str, **overrides: Any) -> TrainRun:
 
     Dotted keys are written with ``__`` in Python: ``train("classify", data__num_train=500)``.
     """
-    from pansight.data.factory import build_dataset, wrap_for_training
-    from pansight.engine.evaluator import evaluate as evaluate_model
-    from pansight.engine.trainer import Trainer, seed_everything
-    from pansight.models.zoo import MODELS, build_model
 
     overrides = {key.replace("__", "."): value for key, value in overrides.items()}
     config, model_overrides = make_train_config(task, overrides)
@@ -151,7 +101,7 @@ def train(task: str, **overrides: Any) -> TrainRun:
         model,
         wrap_for_training(train_set, task, config.data, config.seed),
         model_name=config.model,
-        evaluate=lambda trained: evaluate_model(trained, val_set, config.batch_size),
+        evaluate=lambda trained: evaluator.evaluate(trained, val_set, config.batch_size),
     )
     metrics = trainer.fit()
     return TrainRun(model.eval(), metrics, Path(config.out))
@@ -170,9 +120,6 @@ def load_initial_weights(model: PansightModel, model_name: str, path: str | Path
     Raises:
         CheckpointError: naming ``path``, when its weights do not fit (same model) or none fits.
     """
-    from pansight.engine.checkpoint import load_checkpoint
-    from pansight.models.transfer import transfer_weights
-    from pansight.models.zoo import load_state_dict_strictly
 
     payload = load_checkpoint(path)
     found = (payload.get("model_name"), payload.get("class_names"))
@@ -218,17 +165,12 @@ def prepare_run_folder(config: TrainConfig) -> None:
 
 
 def load(path: str | Path) -> PansightModel | OnnxPredictor:
-    """A model from a pansight checkpoint (``model.pt`` or ``last.pt``), or from a torchvision
-    Faster/Mask R-CNN state dict (``.pth``), in eval mode; or, for a ``.onnx`` file that
-    ``pansight export`` wrote, an :class:`~pansight.export.OnnxPredictor` with the same
-    ``predict``, ``task`` and ``class_names``."""
-    from pansight.models.zoo import load as load_checkpoint_model
-
-    if Path(path).suffix.lower() == ".onnx":
-        from pansight.export import load_onnx
-
-        return load_onnx(path)
-    return load_checkpoint_model(path).eval()
+    """The model in the file at ``path``, in eval mode: a pansight checkpoint (``model.pt`` or
+    ``last.pt``), torchvision Faster/Mask R-CNN weights, an original YOLACT or YolactEdge
+    checkpoint, or for a ``.onnx`` file that ``pansight export`` wrote, an
+    :class:`~pansight.export.OnnxPredictor` with the same ``predict``, ``task`` and
+    ``class_names`` (see :func:`pansight.loading.open_model`)."""
+    return open_model(path).model
 
 
 def evaluate(
@@ -245,23 +187,8 @@ def evaluate(
     in-memory model or torchvision weights); a string sets its ``name``, ``data_overrides`` its
     other fields.
     """
-    from pansight.data.factory import build_dataset
-    from pansight.engine.checkpoint import load_checkpoint
-    from pansight.engine.evaluator import evaluate as evaluate_model
-    from pansight.export import OnnxPredictor, is_onnx_file
-    from pansight.models.zoo import model_from_checkpoint, torchvision_rcnn_weights
-
-    trained_on = DataConfig()
-    if is_onnx_file(model):
-        model = load(model)
-    if isinstance(model, OnnxPredictor):
-        trained_on = model.trained_on
-    elif not isinstance(model, PansightModel) and torchvision_rcnn_weights(model) is not None:
-        model = load(model)
-    if not isinstance(model, PansightModel | OnnxPredictor):
-        payload = load_checkpoint(model)
-        trained_on = from_dict(DataConfig, payload.get("train_config", {}).get("data", {}))
-        model = model_from_checkpoint(payload).eval()
+    opened = open_model(model)
+    model, trained_on = opened.model, opened.trained_on
     if isinstance(data, DataConfig):
         trained_on = data
     elif isinstance(data, str):
@@ -274,7 +201,7 @@ def evaluate(
             f"data set {data_config.name!r} has classes {data_class_names}, "
             f"the model was trained on {model.class_names}"
         )
-    return evaluate_model(model, dataset, batch_size, progress=progress)
+    return evaluator.evaluate(model, dataset, batch_size, progress=progress)
 
 
 def evaluate_video(
@@ -293,16 +220,8 @@ def evaluate_video(
     ``data`` defaults to the synthetic world's clips at the image size the checkpoint was
     trained on; a string sets its ``name``, ``data_overrides`` its other fields.
     """
-    from pansight.data.factory import build_clips
-    from pansight.engine.checkpoint import load_checkpoint
-    from pansight.engine.video_evaluator import evaluate_video as evaluate_clips
-    from pansight.models.zoo import model_from_checkpoint
-
-    trained_on = DataConfig()
-    if not isinstance(model, PansightModel):
-        payload = load_checkpoint(model)
-        trained_on = from_dict(DataConfig, payload.get("train_config", {}).get("data", {}))
-        model = model_from_checkpoint(payload).eval()
+    opened = open_model(model)
+    model, trained_on = opened.model, opened.trained_on
     if model.task != "instance":
         raise ConfigError(f"video mask AP needs an instance model, not a {model.task} model")
     if isinstance(data, DataConfig):
@@ -316,4 +235,4 @@ def evaluate_video(
             f"data set {data_config.name!r} has classes {list(clips.class_names)}, "
             f"the model was trained on {model.class_names}"
         )
-    return evaluate_clips(model, clips, keyframe_interval, progress)
+    return video_evaluator.evaluate_video(model, clips, keyframe_interval, progress)

@@ -12,9 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pansight.config import TASKS, parse_key_values
+from pansight.api import evaluate, evaluate_video, train
+from pansight.config import TASKS, apply_overrides, parse_key_values
+from pansight.data.shapes import ShapesDataset
+from pansight.data.shapes_coco import write_coco
+from pansight.demo import run_demo as demo
 from pansight.engine.distributed import is_main_process
+from pansight.engine.model_files import open_weights
 from pansight.errors import ConfigError, PansightError
+from pansight.models.zoo import MODELS
+from pansight.predict import predict_files
 
 EPILOG = """examples:
   pansight train classify data=digits epochs=5
@@ -196,8 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pansight.api import train
-
     overrides: dict[str, Any] = {}
     if args.config:
         overrides |= _yaml_overrides(args.config)
@@ -210,14 +215,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from pansight.api import evaluate
-
     overrides = parse_key_values(args.overrides)
     data = overrides.pop("data", None)
     overrides = {key.removeprefix("data."): value for key, value in overrides.items()}
     if args.video:
-        from pansight.api import evaluate_video
-
         metrics = evaluate_video(
             args.checkpoint,
             data=data,
@@ -235,7 +236,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from pansight.predict import predict_files
+    # pansight.video needs the optional av package
     from pansight.video import is_video_file
 
     if args.video or any(is_video_file(path) for path in args.inputs):
@@ -253,6 +254,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_predict_videos(args: argparse.Namespace) -> int:
+    # video prediction needs the optional av package
     from pansight.predict_video import predict_videos
 
     if args.channels or args.show_prototypes:
@@ -274,6 +276,7 @@ def run_predict_videos(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    # pansight.export needs the optional onnx and onnxruntime packages
     from pansight.export import export_checkpoint
 
     int8_flags = (
@@ -294,6 +297,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _int8_options(args: argparse.Namespace) -> Any:
     """The :class:`~pansight.export.quantize.Int8Options` the export flags describe."""
+    # pansight.export needs the optional onnx and onnxruntime packages
     from pansight.export.quantize import Int8Options
 
     keep = args.keep_fp32_outputs
@@ -311,21 +315,15 @@ def _calibration_data(checkpoint: Path, items: list[str]) -> Any:
     over the one ``checkpoint`` was trained on; ``None`` (that data set) without items."""
     if not items:
         return None
-    from pansight.config import DataConfig, apply_overrides, from_dict
-    from pansight.engine.checkpoint import load_checkpoint
-
     pairs = parse_key_values([item if "=" in item else f"data={item}" for item in items])
     overrides = {
         ("name" if key == "data" else key.removeprefix("data.")): value
         for key, value in pairs.items()
     }
-    trained_on = load_checkpoint(checkpoint).get("train_config", {}).get("data", {})
-    return apply_overrides(from_dict(DataConfig, trained_on), overrides, "data.")
+    return apply_overrides(open_weights(checkpoint).trained_on, overrides, "data.")
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from pansight.models.zoo import MODELS
-
     for name, entry in MODELS.items():
         if args.task in (None, entry.task):
             print(f"{entry.task:10s} {name:24s} {entry.description}")
@@ -333,9 +331,6 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from pansight.data.shapes import ShapesDataset
-    from pansight.data.shapes_coco import write_coco
-
     for split, count in (("train", args.num_train), ("val", args.num_val)):
         dataset = ShapesDataset(
             split=split,
@@ -350,13 +345,12 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from pansight.demo import run_demo as demo
-
     demo(args.out, quick=args.quick)
     return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # pansight.serve needs the optional starlette and uvicorn packages
     from pansight.serve import ServeLimits, serve
 
     if args.queue_size < 1 or args.max_upload_mb <= 0:

@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pansight.api import train
 from pansight.data.shapes import ShapesDataset
 from pansight.errors import PansightError
 from pansight.models.base import PansightModel
@@ -170,8 +171,6 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
         DemoError: after everything is written, when a rung's headline metric is below its
             floor.
     """
-    from pansight.api import train
-
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     draw_world(out / "world.png")

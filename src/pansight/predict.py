@@ -11,7 +11,7 @@ request, a picture of how each image's masks are assembled from prototypes and c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,18 +19,19 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from tqdm import tqdm
 
+from pansight.api import load
 from pansight.data.coco_panoptic import write_panoptic
 from pansight.data.images import IMAGE_SUFFIXES, read_image
 from pansight.data.label_folders import write_label_png
 from pansight.errors import ConfigError, DataError
 from pansight.models.base import PansightModel
+from pansight.models.yolact.model import MaskComposition, Yolact
 from pansight.structures import PanopticMap, Result, SemanticMap
 from pansight.video import (
     write_json_atomically,
 )
-
-if TYPE_CHECKING:
-    from pansight.models.yolact import MaskComposition
+from pansight.viz import draw_result, image_grid, save_png
+from pansight.viz_prototypes import draw_mask_composition
 
 CHANNEL_TILE_SIDE = 96
 """Score-channel tiles smaller than this are enlarged (nearest neighbour) so captions fit."""
@@ -80,10 +81,6 @@ def predict_files(
         ConfigError: ``channels`` for a model that is not a semantic one, ``prototypes`` for
             one that is not a YOLACT.
     """
-    from pansight.api import load
-    from pansight.viz import draw_result, save_png
-    from pansight.viz_prototypes import draw_mask_composition
-
     files = find_images(inputs)
     model = load(checkpoint)
     check_picture_options(model, checkpoint, channels, prototypes)
@@ -147,8 +144,6 @@ def check_picture_options(
         ConfigError: ``channels`` for a model that is not a semantic one, ``prototypes`` for
             one that is not a YOLACT.
     """
-    from pansight.models.yolact import Yolact
-
     if channels and model.task != "semantic":
         raise ConfigError(
             f"{checkpoint}: --channels needs a semantic model, not a {model.task} one"
@@ -209,8 +204,6 @@ def write_semantic_files(
     result: SemanticMap, class_names: list[str], out: Path, path: Path, index: int
 ) -> list[Path]:
     """Write the label PNG of ``result`` and, if it has scores, its score-channel grid."""
-    from pansight.viz import save_png
-
     stem = _output_stem(path, index)
     written = [out / f"{stem}_labels.png"]
     write_label_png(result.labels, written[0])
@@ -226,8 +219,6 @@ def draw_score_channels(scores: Tensor, class_names: list[str], ncol: int = 5) -
     Returns:
         ``(3, H', W')`` uint8 picture.
     """
-    from pansight.viz import image_grid
-
     factor = max(1, -(-CHANNEL_TILE_SIDE // min(scores.shape[-2:])))
     grey = scores.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
     grey = grey.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)

@@ -8,19 +8,19 @@ Each clip (a video file, or a folder of frames) gives an annotated ``<clip>.mp4`
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 from tqdm import tqdm
 
+from pansight.api import load
 from pansight.errors import ConfigError, DataError
 from pansight.models.base import PansightModel
-from pansight.structures import Detections, on_cpu
+from pansight.models.streaming import video_detections
+from pansight.structures import Detections
 from pansight.tracking import IoUTracker
 from pansight.video import (
     DEFAULT_FPS,
@@ -30,6 +30,7 @@ from pansight.video import (
     is_video_file,
     open_frames,
 )
+from pansight.viz import DRAW_MIN_SCORE, draw_result
 
 VIDEO_TASKS = ("detect", "instance")
 """Tasks whose models can run over videos (their results are :class:`Detections`)."""
@@ -72,8 +73,6 @@ def predict_videos(
         ConfigError: the model's task is not one of :data:`VIDEO_TASKS`; two clips would write
             the same files, or a clip would be overwritten by its own output.
     """
-    from pansight.api import load
-
     clips = find_clips(inputs, frame_folders)
     _check_clip_outputs(clips, out)
     model = load(checkpoint)
@@ -122,8 +121,6 @@ def _write_tracked_frames(
     model: PansightModel, frames: Iterable[Tensor], writer: VideoWriter, batch_size: int
 ) -> list[dict[str, Any]]:
     """Track, draw and write each frame's detections; return the frames' JSON records."""
-    from pansight.viz import DRAW_MIN_SCORE, draw_result
-
     tracker = IoUTracker(min_score=DRAW_MIN_SCORE)
     records = []
     for index, (frame, detections) in enumerate(video_detections(model, frames, batch_size)):
@@ -131,40 +128,6 @@ def _write_tracked_frames(
         writer.write(draw_result(frame, detections, model.class_names))
         records.append(frame_record(index, detections, model.class_names))
     return records
-
-
-def video_detections(
-    model: PansightModel,
-    frames: Iterable[Tensor],
-    batch_size: int = 8,
-    keyframe_interval: int | None = None,
-) -> Iterator[tuple[Tensor, Detections]]:
-    """Each ``(3, H, W)`` frame with its detections (on the CPU), in order.
-
-    A YolactEdge (eager, or exported and run by
-    :class:`~pansight.export.yolact_edge.YolactEdgeOnnxPredictor`) carries its
-    :class:`~pansight.models.yolact_edge.StreamState` from frame to frame, with a keyframe
-    every ``keyframe_interval`` frames (``None``: its configured interval; ``1``: every frame,
-    which is YOLACT) besides those it forces itself (first frame, size change, scene cut);
-    other models see ``batch_size`` independent frames at a time.
-
-    Raises:
-        ConfigError: ``keyframe_interval`` below 1 (before any frame is read).
-    """
-    from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
-    from pansight.models.yolact_edge import YolactEdge, stream_detections
-
-    if keyframe_interval is not None and keyframe_interval < 1:
-        raise ConfigError(f"keyframe_interval={keyframe_interval} must be at least 1")
-    if isinstance(model, YolactEdge | YolactEdgeOnnxPredictor):
-        frames, streamed = itertools.tee(frames)
-        for frame, detections in zip(frames, stream_detections(model, streamed, keyframe_interval)):
-            yield frame, on_cpu(detections)
-        return
-    frames = iter(frames)
-    while chunk := list(islice(frames, batch_size)):
-        for frame, detections in zip(chunk, model.predict(chunk)):
-            yield frame, on_cpu(detections)
 
 
 def frame_record(index: int, detections: Detections, class_names: list[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The typed data that passes between pansight's layers.
 
-Conventions (see DESIGN.md):
+Conventions (see docs/architecture.md):
 - images are float RGB in ``[0, 1]``, shape ``(3, H, W)``;
 - boxes are absolute ``xyxy`` float pixels (left, top, right, bottom); in a :class:`Target` they are
   in the frame of the image they belong to, in a result they are in original-image pixels;

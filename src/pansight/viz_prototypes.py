@@ -26,7 +26,7 @@ from pansight.structures import Detections
 from pansight.viz import Color, class_color, image_grid, with_title
 
 if TYPE_CHECKING:
-    from pansight.models.yolact import MaskComposition
+    from pansight.models.yolact.model import MaskComposition
 
 TILE_SIDE = 96
 """Long side of every tile (prototype, detection, assembled mask) in pixels."""

@@ -10,13 +10,14 @@ import torch
 
 import pansight
 from pansight.cli import main
-from pansight.config import DataConfig, TrainConfig
+from pansight.config import DataConfig, TrainConfig, to_dict
 from pansight.data.factory import build_dataset
 from pansight.data.images import write_image
 from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError
-from pansight.export import EXPORT_SPECS, OnnxPredictor, export_onnx, load_onnx
-from pansight.models.rcnn import FasterRCNN, MaskRCNN
+from pansight.export import OnnxPredictor, export_onnx, load_onnx
+from pansight.models.rcnn import FAMILY as RCNN_FAMILY
+from pansight.models.rcnn.model import FasterRCNN, MaskRCNN
 from pansight.models.zoo import build_model
 from pansight.structures import Classification, Localization, SemanticMap
 
@@ -111,7 +112,7 @@ def test_a_graph_refuses_images_of_another_size(exported):
 
 
 def test_unsupported_model_names_itself(tmp_path, monkeypatch):
-    monkeypatch.delitem(EXPORT_SPECS, FasterRCNN)
+    monkeypatch.delitem(RCNN_FAMILY.export, FasterRCNN)
     model = build_model("faster_rcnn_r18_fpn", CLASSES)
     with pytest.raises(ConfigError, match="faster_rcnn_r18_fpn.*not supported yet"):
         export_onnx(model, tmp_path / "rcnn.onnx")
@@ -184,9 +185,11 @@ def test_cli_export_predict_eval_round_trip(name, task, mode, metric, tmp_path, 
 
 
 def test_cli_export_of_an_unsupported_model_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.delitem(EXPORT_SPECS, MaskRCNN)
-    payload = {"model_name": "mask_rcnn_r18_fpn", "task": "instance", "model_config": {}}
-    save_checkpoint(tmp_path / "rcnn.pt", {**payload, "class_names": CLASSES, "state_dict": {}})
+    monkeypatch.delitem(RCNN_FAMILY.export, MaskRCNN)
+    model = build_model("mask_rcnn_r18_fpn", CLASSES)
+    payload = {"model_name": "mask_rcnn_r18_fpn", "task": "instance"}
+    payload |= {"model_config": to_dict(model.config), "class_names": CLASSES}
+    save_checkpoint(tmp_path / "rcnn.pt", {**payload, "state_dict": model.state_dict()})
     assert main(["export", str(tmp_path / "rcnn.pt")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ONNX export of mask_rcnn_r18_fpn (MaskRCNN) is not supported")

@@ -20,8 +20,8 @@ from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.errors import ConfigError
 from pansight.export import YolactEdgeOnnxPredictor, export_onnx, load_onnx
 from pansight.export.yolact_edge import STATE_INPUTS, STATE_OUTPUTS
+from pansight.models.streaming import video_detections
 from pansight.models.zoo import build_model
-from pansight.predict_video import video_detections
 
 CLASSES = ["circle", "square", "triangle", "star"]
 TINY = {

@@ -34,6 +34,8 @@ from pansight.export.quantize import (
     graph_feeds,
     output_heads,
 )
+from pansight.models.fcn import FAMILY as FCN_FAMILY
+from pansight.models.fcn import FCN
 from pansight.models.zoo import build_model
 from pansight.structures import Detections, SemanticMap
 
@@ -340,7 +342,8 @@ def test_cli_int8_export_round_trip(tmp_path, capsys):
 
 def test_models_that_do_not_quantize_yet_are_refused(tmp_path, monkeypatch):
     fp32 = export_onnx(tiny_model("fcn8s_r18"), tmp_path / "fcn.onnx")
-    monkeypatch.setattr("pansight.export.quantize.QUANTIZABLE", ())
+    fcn_spec = FCN_FAMILY.export[FCN]
+    monkeypatch.setitem(FCN_FAMILY.export, FCN, dataclasses.replace(fcn_spec, int8=None))
     with pytest.raises(ConfigError, match="fcn8s_r18 is not supported yet"):
         quantize_onnx(fp32, tmp_path / "int8.onnx", OPTIONS)
     assert not (tmp_path / "int8.onnx").exists()

@@ -9,7 +9,7 @@ from torch import nn
 
 from pansight.errors import CheckpointError, ConfigError, DataError
 from pansight.models.backbones import ResNetBody
-from pansight.models.classifier import (
+from pansight.models.classification.classifier import (
     Classifier,
     ClassifierConfig,
     ClassifierOutputs,

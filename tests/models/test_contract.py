@@ -11,6 +11,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+import pansight
 from pansight.config import TrainConfig
 from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.models import zoo
@@ -111,7 +112,7 @@ def test_checkpoint_file_round_trip_rebuilds_the_model(name, tmp_path):
         model, model_name=name, train_config=TrainConfig(), data_set=None, metrics={}
     )
     save_checkpoint(tmp_path / "model.pt", payload)
-    loaded = zoo.load(tmp_path / "model.pt")
+    loaded = pansight.load(tmp_path / "model.pt")
     assert type(loaded) is type(model) and loaded.config == model.config
     assert loaded.class_names == CLASS_NAMES and not loaded.training
     images, _ = make_batch([2, 0], [(40, 56), (32, 32)])

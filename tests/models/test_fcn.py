@@ -9,12 +9,13 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.segmentation import fcn_resnet50, fcn_resnet101
 
+import pansight
 from pansight.config import TrainConfig
 from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError, DataError
 from pansight.models import zoo
-from pansight.models.fcn import FCN, FCNConfig, Upsample, pixel_cross_entropy
-from pansight.models.fcn_import import import_torchvision_fcn
+from pansight.models.fcn.model import FCN, FCNConfig, Upsample, pixel_cross_entropy
+from pansight.models.fcn.torchvision_import import import_torchvision_fcn
 from pansight.models.fuse import optimize_for_inference
 from pansight.structures import IGNORE_LABEL, ImageBatch, SemanticMap, Target
 
@@ -200,7 +201,7 @@ def test_checkpoint_file_round_trip_rebuilds_the_model(name, tmp_path):
         model, model_name=name, train_config=TrainConfig(), data_set=None, metrics={}
     )
     save_checkpoint(tmp_path / "model.pt", payload)
-    loaded = zoo.load(tmp_path / "model.pt")
+    loaded = pansight.load(tmp_path / "model.pt")
     assert type(loaded) is FCN and loaded.config == model.config
     batch = ImageBatch.from_images([make_sample(0)[0]])
     with torch.no_grad():

@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation, FrozenBatchNorm2d
 
 from pansight.models.fuse import conv_norm_pairs, fold_batch_norms, optimize_for_inference
-from pansight.models.rcnn import MaskRCNN, RCNNConfig
+from pansight.models.rcnn.model import MaskRCNN, RCNNConfig
 
 TOLERANCE = 1e-5
 """Largest difference allowed, relative to the largest output value."""

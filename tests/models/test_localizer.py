@@ -7,7 +7,12 @@ import torch
 from torchvision.ops import generalized_box_iou_loss
 
 from pansight.errors import ConfigError, DataError
-from pansight.models.localizer import GridBoxHead, Localizer, LocalizerConfig, LocalizerOutputs
+from pansight.models.classification.localizer import (
+    GridBoxHead,
+    Localizer,
+    LocalizerConfig,
+    LocalizerOutputs,
+)
 from pansight.structures import ImageBatch, Target
 
 CLASS_NAMES = ["a", "b", "c"]

@@ -5,13 +5,14 @@ import dataclasses
 import pytest
 import torch
 
+import pansight
 from pansight.api import make_train_config, model_label_space
 from pansight.config import TrainConfig
 from pansight.data.shapes import ShapesDataset
 from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.errors import ConfigError, DataError
 from pansight.models import zoo
-from pansight.models.panoptic_fpn import PanopticFPN, PanopticFPNOutputs
+from pansight.models.panoptic.model import PanopticFPN, PanopticFPNOutputs
 from pansight.structures import IGNORE_LABEL, PanopticMap, Target
 
 DATA = ShapesDataset(split="train", mode="multi", num_images=4, image_size=64)
@@ -139,7 +140,7 @@ def test_checkpoint_round_trip_through_the_zoo(name, tmp_path):
         model, model_name=name, train_config=TrainConfig(), data_set=DATA, metrics={}
     )
     save_checkpoint(tmp_path / "model.pt", payload)
-    loaded = zoo.load(tmp_path / "model.pt")
+    loaded = pansight.load(tmp_path / "model.pt")
     assert type(loaded) is PanopticFPN and loaded.config == model.config
     assert loaded.class_names == DATA.semantic_class_names and not loaded.training
     images, _ = samples()

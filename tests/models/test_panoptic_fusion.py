@@ -2,7 +2,7 @@
 
 import torch
 
-from pansight.models.panoptic_fusion import NO_STUFF, fuse_panoptic
+from pansight.models.panoptic.fusion import NO_STUFF, fuse_panoptic
 from pansight.structures import PanopticMap
 
 SIZE = (8, 8)

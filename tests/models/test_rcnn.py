@@ -7,11 +7,12 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+import pansight
 from pansight.config import TrainConfig
 from pansight.data.shapes import ShapesDataset
 from pansight.engine.checkpoint import model_payload, save_checkpoint
 from pansight.models import zoo
-from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig
+from pansight.models.rcnn.model import FasterRCNN, MaskRCNN, RCNNConfig
 from pansight.structures import Detections, Target
 
 CLASS_NAMES = [f"class{i}" for i in range(5)]
@@ -123,7 +124,7 @@ def test_zoo_entry_predicts_in_original_pixels_and_round_trips(name, tmp_path):
         model, model_name=name, train_config=TrainConfig(), data_set=None, metrics={}
     )
     save_checkpoint(tmp_path / "model.pt", payload)
-    loaded = zoo.load(tmp_path / "model.pt")
+    loaded = pansight.load(tmp_path / "model.pt")
     loaded.config = model.config
     for ours, theirs in zip(results, loaded.predict(images)):
         torch.testing.assert_close(theirs.boxes, ours.boxes, rtol=0, atol=0)

@@ -21,8 +21,11 @@ from pansight.data.images import write_image
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
 from pansight.models.base import IMAGENET_MEAN, IMAGENET_STD
-from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNConfig, RCNNOutputs
-from pansight.models.rcnn_import import coco_class_names, import_torchvision_rcnn
+from pansight.models.foreign import import_foreign_weights
+from pansight.models.rcnn import FAMILY as RCNN_FAMILY
+from pansight.models.rcnn import RCNN_V2
+from pansight.models.rcnn.model import FasterRCNN, MaskRCNN, RCNNConfig, RCNNOutputs
+from pansight.models.rcnn.torchvision_import import coco_class_names, import_torchvision_rcnn
 from pansight.structures import ImageBatch, Target
 
 NUM_CLASSES = 5
@@ -99,7 +102,7 @@ def _pansight_twin(reference_model, with_masks, v2, sizes=SIZES):
         with_masks=with_masks,
         score_thresh=SCORE_THRESH,
         detections_per_img=DETECTIONS,
-        **(zoo.RCNN_V2 if v2 else {}),
+        **(RCNN_V2 if v2 else {}),
         **sizes,
     )
     model = (MaskRCNN if with_masks else FasterRCNN)(config, CLASS_NAMES).eval()
@@ -264,7 +267,7 @@ def test_v2_layout_trains():
         representation_size=64,
         rpn_post_nms_top_n_train=100,
         box_batch_size_per_image=32,
-        **zoo.RCNN_V2,
+        **RCNN_V2,
     )
     model = MaskRCNN(config, CLASS_NAMES).train()
     masks = torch.zeros(1, 64, 64, dtype=torch.bool)
@@ -341,7 +344,7 @@ def test_import_torchvision_builds_the_layout_with_coco_names():
     90 COCO names; pansight label ``k`` is torchvision label ``k + 1``."""
     reference = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None)
     state = reference.state_dict()
-    model = zoo.import_torchvision(state, overrides={"score_thresh": "0.2"})
+    model = import_foreign_weights(state, overrides={"score_thresh": "0.2"})
     assert isinstance(model, MaskRCNN) and not model.training
     assert (
         model.config
@@ -361,16 +364,18 @@ def test_import_torchvision_names_the_problem():
     state = fasterrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1
     ).state_dict()
-    model = zoo.import_torchvision(state)
+    model = import_foreign_weights(state)
     assert model.class_names == [f"class_{label}" for label in range(1, NUM_CLASSES + 1)]
     with pytest.raises(CheckpointError, match="'roi_heads.box_predictor.cls_score.weight' has"):
-        zoo.import_torchvision(state, class_names=["only", "three", "names"])
+        import_foreign_weights(state, class_names=["only", "three", "names"])
     with pytest.raises(CheckpointError, match="'rpn.head.conv.0.0.weight' has shape"):
-        zoo.import_torchvision({**state, "rpn.head.conv.0.0.weight": torch.zeros(256, 256, 1, 1)})
-    with pytest.raises(ConfigError, match="'classifier_r18' is not an R-CNN"):
-        zoo.import_torchvision(state, name="classifier_r18")
-    with pytest.raises(CheckpointError, match="not a torchvision Faster/Mask R-CNN state dict"):
-        zoo.import_torchvision(torchvision.models.resnet18(weights=None).state_dict())
+        import_foreign_weights({**state, "rpn.head.conv.0.0.weight": torch.zeros(256, 256, 1, 1)})
+    with pytest.raises(
+        ConfigError, match="'classifier_r18' cannot take torchvision Faster/Mask R-CNN weights"
+    ):
+        import_foreign_weights(state, name="classifier_r18")
+    with pytest.raises(CheckpointError, match="not a state dict pansight imports"):
+        import_foreign_weights(torchvision.models.resnet18(weights=None).state_dict())
 
 
 @pytest.fixture
@@ -379,7 +384,7 @@ def small_faster_rcnn(monkeypatch):
     entry = zoo.MODELS["faster_rcnn_r50_fpn"]
     small = {**entry.defaults, **SIZES, "rpn_pre_nms_top_n_test": 200}
     monkeypatch.setitem(
-        zoo.MODELS, "faster_rcnn_r50_fpn", dataclasses.replace(entry, defaults=small)
+        RCNN_FAMILY.models, "faster_rcnn_r50_fpn", dataclasses.replace(entry, defaults=small)
     )
 
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
+import pansight
 from pansight.data.shapes import THING_CLASSES, ShapesDataset
 from pansight.errors import ConfigError
 from pansight.models import zoo
-from pansight.models.yolact import Yolact, YolactConfig, YolactOutputs
-from pansight.models.yolact_head import (
+from pansight.models.yolact.head import (
     YolactFPN,
     assemble_masks,
     crop_to_boxes,
@@ -23,7 +23,8 @@ from pansight.models.yolact_head import (
     encode_boxes,
     yolact_priors,
 )
-from pansight.models.yolact_loss import ImageTargets, _class_loss, match_priors
+from pansight.models.yolact.loss import ImageTargets, _class_loss, match_priors
+from pansight.models.yolact.model import Yolact, YolactConfig, YolactOutputs
 from pansight.structures import Target
 
 TINY = {"input_size": "96", "fpn_channels": "32", "proto_channels": "32"}
@@ -309,7 +310,7 @@ def test_trains_through_the_api(tmp_path):
     )
     assert isinstance(run.model, Yolact) and (tmp_path / "run" / "model.pt").exists()
     assert run.model.config.input_size == 96
-    loaded = zoo.load(tmp_path / "run" / "model.pt")
+    loaded = pansight.load(tmp_path / "run" / "model.pt")
     assert isinstance(loaded, Yolact)
     images, _ = synthetic_batch(1, size=64)
     batch, _ = loaded.preprocess(images)

@@ -20,13 +20,13 @@ from pansight.config import to_dict
 from pansight.data.shapes import THING_CLASSES, ShapesDataset
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
-from pansight.models.feature_flow import FlowEstimate, transfer, warp
-from pansight.models.yolact_edge import StreamState, YolactEdge, YolactEdgeConfig
-from pansight.models.yolact_edge_import import (
+from pansight.models.foreign import import_foreign_weights
+from pansight.models.yolact.edge.flow import FlowEstimate, transfer, warp
+from pansight.models.yolact.edge.model import StreamState, YolactEdge, YolactEdgeConfig
+from pansight.models.yolact.edge.original_import import (
     YOUTUBE_VIS_CLASSES,
     EdgeLayout,
     import_original_yolact_edge,
-    load_original_yolact_edge,
     original_edge_layout,
     original_edge_to_pansight_key,
     pansight_to_original_edge_key,
@@ -283,7 +283,7 @@ def test_reference_layouts_are_read_as_expected(layout):
 
 def test_strict_load_and_eval_on_a_keyframe_and_a_non_keyframe(layout):
     name, keys, state_dict, num_classes = layout
-    model = load_original_yolact_edge(state_dict, overrides=SMALL_INPUT)
+    model = import_foreign_weights(state_dict, overrides=SMALL_INPUT)
     assert model.class_names == list(YOUTUBE_VIS_CLASSES) and model.num_classes == num_classes - 1
     own = model.state_dict()
     assert len(own) == len(keys)
@@ -346,6 +346,8 @@ def test_a_yolact_file_is_not_a_yolact_edge_file(tmp_path):
     path = tmp_path / "yolact.pth"
     torch.save({"fpn.lat_layers.0.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(CheckpointError, match="not an original YolactEdge state dict"):
-        load_original_yolact_edge(path)
+        original_edge_layout(torch.load(path))
+    with pytest.raises(CheckpointError, match="not a state dict pansight imports"):
+        import_foreign_weights(path)
     with pytest.raises(CheckpointError, match="not found"):
-        load_original_yolact_edge(tmp_path / "missing.pth")
+        import_foreign_weights(tmp_path / "missing.pth")

@@ -17,7 +17,7 @@ from pansight.data.shapes_video import (
 from pansight.engine.checkpoint import load_checkpoint, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
-from pansight.models.yolact_edge import (
+from pansight.models.yolact.edge.model import (
     FeatureTransfer,
     FramePairBatch,
     YolactEdge,

@@ -14,15 +14,16 @@ import torch
 from checkpoint_layouts import random_state_dict, reference_keys
 
 from pansight.errors import CheckpointError
-from pansight.models.yolact import Yolact
-from pansight.models.yolact_import import (
+from pansight.models.foreign import import_foreign_weights
+from pansight.models.yolact.model import Yolact
+from pansight.models.yolact.original_import import (
     coco_80_class_names,
     import_original_yolact,
-    load_original_yolact,
     original_layout,
     original_to_pansight_key,
     pansight_to_original_key,
 )
+from pansight.models.zoo import build_model
 from pansight.structures import Detections
 
 DATA = Path(__file__).parent / "data"
@@ -47,7 +48,7 @@ def test_reference_layout_is_read_as_expected(layout):
 
 def test_strict_load_and_eval(layout):
     backbone, keys, state_dict = layout
-    model = load_original_yolact(state_dict, overrides=SMALL_INPUT)
+    model = import_foreign_weights(state_dict, overrides=SMALL_INPUT)
     assert isinstance(model, Yolact) and model.config.backbone == backbone
     assert model.class_names == coco_80_class_names() and len(model.class_names) == 80
     own = model.state_dict()
@@ -77,14 +78,13 @@ def test_load_from_file(layout, tmp_path):
     _, _, state_dict = layout
     path = tmp_path / "yolact.pth"
     torch.save(state_dict, path)
-    model = load_original_yolact(
+    model = import_foreign_weights(
         path, class_names=[f"c{i}" for i in range(80)], overrides=SMALL_INPUT
     )
     assert model.class_names[0] == "c0" and not model.training
 
 
 def build_for(backbone: str) -> Yolact:
-    from pansight.models.zoo import build_model
 
     name = {"resnet50": "yolact_r50", "resnet101": "yolact_r101"}[backbone]
     return build_model(name, coco_80_class_names(), SMALL_INPUT)
@@ -117,7 +117,6 @@ def test_misshaped_and_unexpected_keys_are_named(layout):
 
 def test_other_class_count_fails_naming_the_conf_layer(layout):
     backbone, _, state_dict = layout
-    from pansight.models.zoo import build_model
 
     name = {"resnet50": "yolact_r50", "resnet101": "yolact_r101"}[backbone]
     model = build_model(name, ["one", "two"], SMALL_INPUT)
@@ -129,6 +128,8 @@ def test_not_a_yolact_file(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(CheckpointError, match="not an original YOLACT state dict"):
-        load_original_yolact(path)
+        original_layout(torch.load(path))
+    with pytest.raises(CheckpointError, match="other.pth: not a state dict pansight imports"):
+        import_foreign_weights(path)
     with pytest.raises(CheckpointError, match="not found"):
-        load_original_yolact(tmp_path / "missing.pth")
+        import_foreign_weights(tmp_path / "missing.pth")

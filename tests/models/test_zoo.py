@@ -6,11 +6,12 @@ import pytest
 import torch
 import torchvision
 
+import pansight
 from pansight.config import to_dict
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
-from pansight.models.classifier import Classifier, ClassifierConfig
-from pansight.models.localizer import Localizer
+from pansight.models.classification.classifier import Classifier, ClassifierConfig
+from pansight.models.classification.localizer import Localizer
 
 CLASS_NAMES = ["a", "b", "c"]
 REQUIRED = {
@@ -145,4 +146,4 @@ def test_model_from_checkpoint_names_a_missing_or_misshaped_weight():
 
 def test_load_names_a_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="absent.pt"):
-        zoo.load(tmp_path / "absent.pt")
+        pansight.load(tmp_path / "absent.pt")

@@ -25,9 +25,13 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from pansight.config import TASKS, DataConfig
+from pansight.data.coco import CocoInstances, CocoPanoptic
 from pansight.data.folders import DigitsDataset, ImageFolderDataset
 from pansight.data.label_folders import LabelFolderDataset, SemanticView
+from pansight.data.shapes import ShapesDataset
+from pansight.data.shapes_video import ShapesFramePairs, ShapesVideoDataset, ShapesVideoFrames
 from pansight.data.transforms import SeededAugment, train_augment
+from pansight.data.youtube_vis import YouTubeVIS
 from pansight.errors import ConfigError, DataError
 
 DATASET_TASKS = {
@@ -100,8 +104,6 @@ def _shapes(data: DataConfig, split: str, task: str) -> Dataset:
             f"data.mode={data.mode!r} does not fit task={task!r}, which needs one object per "
             "image; set data.mode=single"
         )
-    from pansight.data.shapes import ShapesDataset
-
     num_images = data.num_train if split == "train" else data.num_val
     dataset = ShapesDataset(
         split=split,
@@ -115,8 +117,6 @@ def _shapes(data: DataConfig, split: str, task: str) -> Dataset:
 
 def _shapes_video(data: DataConfig, split: str) -> Dataset:
     """``num_train`` frame pairs for training; ``num_val`` frames of whole clips to validate."""
-    from pansight.data.shapes_video import ShapesFramePairs, ShapesVideoFrames
-
     if split == "train":
         return ShapesFramePairs(split, data.num_train, image_size=data.image_size, seed=data.seed)
     return ShapesVideoFrames(build_clips(data, split))
@@ -130,8 +130,6 @@ def build_clips(data: DataConfig, split: str) -> Dataset:
     ``root/<split>/JPEGImages/``, as :func:`~pansight.data.youtube_vis.write_youtube_vis`
     writes them)."""
     if data.name == "shapes_video":
-        from pansight.data.shapes_video import ShapesVideoDataset
-
         count = data.num_train if split == "train" else data.num_val
         return ShapesVideoDataset(
             split,
@@ -141,8 +139,6 @@ def build_clips(data: DataConfig, split: str) -> Dataset:
             seed=data.seed,
         )
     if data.name == "youtube_vis":
-        from pansight.data.youtube_vis import YouTubeVIS
-
         root = _root(data) / split
         return YouTubeVIS(_existing(root / "instances.json"), _existing(root / "JPEGImages"))
     raise ConfigError(
@@ -168,14 +164,10 @@ def _coco(root: Path, split: str, task: str) -> Dataset:
     """
     image_dir = _existing(root / "images" / split)
     if task in ("semantic", "panoptic"):
-        from pansight.data.coco import CocoPanoptic
-
         annotation_file = _existing(root / "annotations" / f"panoptic_{split}.json")
         png_dir = _existing(root / "annotations" / f"panoptic_{split}")
         dataset = CocoPanoptic(annotation_file, png_dir, image_dir)
         return SemanticView(dataset) if task == "semantic" else dataset
-    from pansight.data.coco import CocoInstances
-
     return CocoInstances(_existing(root / "annotations" / f"instances_{split}.json"), image_dir)
 
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pansight.data.loader import collate
+from pansight.engine.loader import collate
 from pansight.metrics import build_metric
 from pansight.models.base import PansightModel
 from pansight.structures import Result, Target

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 
@@ -26,7 +25,12 @@ class MetricsLog:
     def __init__(self, out: str | Path, enabled: bool = True) -> None:
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
-        self.writer = SummaryWriter(str(Path(out) / "tb")) if enabled else None
+        self.writer = None
+        if enabled:
+            # tensorboard is a heavy dependency, imported only when a run logs
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(out) / "tb"))
 
     def write(self, group: str, iteration: int, epoch: int, values: dict[str, float]) -> None:
         """Record ``values`` (name -> number) reached after ``iteration`` iterations.

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pansight.config import TrainConfig, save_yaml
-from pansight.data.loader import build_loader
 from pansight.engine import distributed
 from pansight.engine.checkpoint import (
     capture_rng_state,
@@ -39,6 +38,7 @@ from pansight.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from pansight.engine.loader import build_loader
 from pansight.engine.logs import MetricsLog, progress_bar
 from pansight.engine.optim import build_optimizer, build_scheduler
 from pansight.engine.precision import resolve_precision
@@ -91,7 +91,7 @@ class Trainer:
     Args:
         config: the run (schedule, optimizer, output folder, resume checkpoint...).
         model: the model to train, built after :func:`seed_everything` for a reproducible start.
-        train_set: yields ``(image, target)`` samples (see :mod:`pansight.data.loader`); its
+        train_set: yields ``(image, target)`` samples (see :mod:`pansight.engine.loader`); its
             ``category_ids`` / ``semantic_class_names`` attributes go into the checkpoints.
         model_name: the zoo name of the model, stored in checkpoints.
         evaluate: run once at the end on the trained model (in eval mode, without gradients);

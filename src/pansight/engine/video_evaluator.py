@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from pansight.metrics.video import VideoMaskMetric, tracks_from_detections
 from pansight.models.base import PansightModel
-from pansight.predict_video import video_detections
+from pansight.models.streaming import video_detections
 from pansight.structures import Detections, Target
 from pansight.tracking import IoUTracker
 
@@ -21,7 +21,7 @@ def clip_detections(
     model: PansightModel, frames: Iterable[Tensor], keyframe_interval: int | None = None
 ) -> list[Detections]:
     """Each ``(3, H, W)`` frame's detections (see
-    :func:`~pansight.predict_video.video_detections` for ``keyframe_interval``), with track ids
+    :func:`~pansight.models.streaming.video_detections` for ``keyframe_interval``), with track ids
     from an :class:`IoUTracker` that tracks every detection."""
     tracker = IoUTracker()
     return [

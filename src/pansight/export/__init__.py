@@ -7,14 +7,14 @@
 >>> quantize_onnx("model.onnx", "model_int8.onnx")  # int8, calibrated on the training data
 """
 
-from pansight.export.graph import EXPORT_SPECS, export_checkpoint, export_onnx, exportable_models
+from pansight.export.graph import export_checkpoint, export_onnx
 from pansight.export.metadata import ExportMetadata
-from pansight.export.predictor import OnnxPredictor, is_onnx_file, load_onnx
+from pansight.export.predictor import OnnxPredictor, load_onnx
 from pansight.export.quantize import Int8Options, quantize_onnx
+from pansight.export.specs import exportable_models, quantizable_models
 from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
 
 __all__ = [
-    "EXPORT_SPECS",
     "ExportMetadata",
     "Int8Options",
     "OnnxPredictor",
@@ -22,7 +22,7 @@ __all__ = [
     "export_checkpoint",
     "export_onnx",
     "exportable_models",
-    "is_onnx_file",
     "load_onnx",
+    "quantizable_models",
     "quantize_onnx",
 ]

@@ -17,108 +17,31 @@ value already non-negative), so onnxruntime does not run them.
 
 from __future__ import annotations
 
-import io
-import os
 import tempfile
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 import torch
 from torch import Tensor, nn
 
 from pansight.config import to_dict
-from pansight.errors import CheckpointError, ConfigError
+from pansight.engine.model_files import open_weights
+from pansight.errors import ConfigError
 from pansight.export.metadata import ExportMetadata
-from pansight.export.rcnn import RCNN_OUTPUTS, trace_rcnn_to_onnx
-from pansight.export.simplify import drop_redundant_relus
+from pansight.export.quantize import Int8Options, quantize_onnx
+from pansight.export.rcnn import trace_rcnn_to_onnx
+from pansight.export.specs import export_spec
+from pansight.export.tracing import INPUT_NAME, trace_module, write_atomically
+from pansight.export.yolact_edge import keyframe_switch_graph
 from pansight.models.base import PansightModel
-from pansight.models.classifier import Classifier, ClassifierOutputs
-from pansight.models.fcn import FCN, FCNOutputs
-from pansight.models.localizer import Localizer, LocalizerOutputs
-from pansight.models.panoptic_fpn import PanopticFPN, PanopticFPNOutputs
-from pansight.models.rcnn import FasterRCNN, MaskRCNN, RCNNOutputs
-from pansight.models.yolact import Yolact, YolactOutputs
-from pansight.models.yolact_edge import YolactEdge
+from pansight.models.registry import ExportSpec
+from pansight.models.yolact.edge.model import YolactEdge
+from pansight.models.zoo import MODELS
 from pansight.structures import ImageBatch
 
-if TYPE_CHECKING:
-    from pansight.export.quantize import Int8Options
-
-OPSET = 17
-INPUT_NAME = "images"
 DEFAULT_EXAMPLE_SIDE = 128
 """Side of the example image traced through models whose config names no ``input_size``."""
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """How one model class maps onto a graph.
-
-    Attributes:
-        outputs_cls: the model's ``Outputs`` dataclass.
-        output_names: its fields that become graph outputs (the others are ``None`` when the
-            predictor rebuilds the outputs).
-        batch_free: those of ``output_names`` without a batch axis (the same for every image of
-            the fixed input size): never given a dynamic axis, and read from one run only.
-        per_image: those of ``output_names`` the outputs hold as a list of per-image tensors
-            (R-CNN detections). A spec with any is an R-CNN graph
-            (:mod:`pansight.export.rcnn`): one image and its size per run, any ``H`` and ``W``,
-            whether exported ``dynamic`` or not.
-    """
-
-    outputs_cls: type
-    output_names: tuple[str, ...]
-    batch_free: tuple[str, ...] = ()
-    per_image: tuple[str, ...] = ()
-
-
-EXPORT_SPECS: dict[type[PansightModel], ExportSpec] = {
-    Classifier: ExportSpec(ClassifierOutputs, ("logits",)),
-    Localizer: ExportSpec(LocalizerOutputs, ("logits", "boxes")),
-    FCN: ExportSpec(FCNOutputs, ("logits",)),
-    Yolact: ExportSpec(
-        YolactOutputs,
-        ("box_deltas", "class_logits", "mask_coefficients", "prototypes", "priors"),
-        batch_free=("priors",),
-    ),
-    YolactEdge: ExportSpec(
-        YolactOutputs,
-        ("box_deltas", "class_logits", "mask_coefficients", "prototypes", "priors"),
-        batch_free=("priors",),
-    ),
-    FasterRCNN: ExportSpec(RCNNOutputs, RCNN_OUTPUTS, per_image=RCNN_OUTPUTS),
-    MaskRCNN: ExportSpec(RCNNOutputs, (*RCNN_OUTPUTS, "mask_logits"), per_image=RCNN_OUTPUTS),
-    PanopticFPN: ExportSpec(
-        PanopticFPNOutputs,
-        (*RCNN_OUTPUTS, "mask_logits", "semantic_logits"),
-        per_image=RCNN_OUTPUTS,
-    ),
-}
-"""The model classes that export today."""
-
-
-def export_spec(model_cls: type[PansightModel], model_name: str) -> ExportSpec:
-    """The export spec of ``model_cls``.
-
-    Raises:
-        ConfigError: naming ``model_name``, if its class does not export yet.
-    """
-    if model_cls not in EXPORT_SPECS:
-        raise ConfigError(
-            f"ONNX export of {model_name} ({model_cls.__name__}) is not supported yet; "
-            f"exportable models: {', '.join(exportable_models())}"
-        )
-    return EXPORT_SPECS[model_cls]
-
-
-def exportable_models() -> list[str]:
-    """The zoo names whose models export to ONNX."""
-    from pansight.models.zoo import MODELS
-
-    return [name for name, entry in MODELS.items() if entry.builder in EXPORT_SPECS]
 
 
 class GraphModule(nn.Module):
@@ -190,9 +113,10 @@ def export_checkpoint(
     dynamic: bool = False,
     int8: Int8Options | None = None,
 ) -> Path:
-    """Export the model of a pansight checkpoint to ``out`` (default: ``checkpoint`` with the
-    suffix ``.onnx``); return the path written. The metadata records the checkpoint's model
-    name and training data set. With ``int8``, ``out`` holds the graph quantized to int8 by
+    """Export the model of a pansight checkpoint (or of foreign weights pansight imports, e.g.
+    an original YOLACT file) to ``out`` (default: ``checkpoint`` with the suffix ``.onnx``);
+    return the path written. The metadata records the model's zoo name and training data set.
+    With ``int8``, ``out`` holds the graph quantized to int8 by
     :func:`~pansight.export.quantize.quantize_onnx` (calibration defaults to that data set).
 
     Raises:
@@ -200,22 +124,17 @@ def export_checkpoint(
         ConfigError: its model does not export yet, or ``out`` is the checkpoint itself.
         DataError: the int8 calibration data set is unreadable or empty.
     """
-    from pansight.engine.checkpoint import load_checkpoint
-    from pansight.models.zoo import MODELS, model_from_checkpoint
 
     out = Path(out) if out is not None else Path(checkpoint).with_suffix(".onnx")
     if out.resolve() == Path(checkpoint).resolve():
         raise ConfigError(f"{out}: the ONNX file would replace the checkpoint; choose another out")
-    payload = load_checkpoint(checkpoint)
-    name = payload.get("model_name")
-    if name in MODELS:
-        export_spec(MODELS[name].builder, name)
-    model = model_from_checkpoint(payload).eval()
-    train_data = payload.get("train_config", {}).get("data", {})
+    opened = open_weights(checkpoint)
+    model = opened.model
+    name = opened.model_name or zoo_name(model)
+    export_spec(type(model), name)
+    train_data = to_dict(opened.trained_on)
     if int8 is None:
         return export_onnx(model, out, dynamic=dynamic, model_name=name, train_data=train_data)
-    from pansight.export.quantize import quantize_onnx
-
     with tempfile.TemporaryDirectory(prefix="pansight-fp32-") as folder:
         fp32 = export_onnx(
             model, Path(folder) / out.name, dynamic=dynamic, model_name=name, train_data=train_data
@@ -230,8 +149,6 @@ def zoo_name(model: PansightModel) -> str:
     Raises:
         ConfigError: no zoo entry builds this class.
     """
-    from pansight.models.zoo import MODELS
-
     candidates = [name for name, entry in MODELS.items() if entry.builder is type(model)]
     if not candidates:
         raise ConfigError(f"{type(model).__name__} is not a zoo model; ONNX export needs one")
@@ -249,8 +166,6 @@ def export_graph(
     :class:`GraphModule`, or for a YolactEdge with its flow module both video paths under a
     keyframe switch (:func:`~pansight.export.yolact_edge.keyframe_switch_graph`)."""
     if isinstance(model, YolactEdge) and model.config.with_flow:
-        from pansight.export.yolact_edge import keyframe_switch_graph
-
         return keyframe_switch_graph(model, images, dynamic)
     if spec.per_image:
         return trace_rcnn_to_onnx(model, spec, images)
@@ -268,58 +183,3 @@ def trace_to_onnx(module: GraphModule, images: Tensor, dynamic: bool) -> onnx.Mo
     batched = [INPUT_NAME, *(name for name in output_names if name not in module.spec.batch_free)]
     dynamic_axes = {name: {0: "batch"} for name in batched} if dynamic else None
     return trace_module(module, (images,), [INPUT_NAME], list(output_names), dynamic_axes)
-
-
-def trace_module(
-    module: nn.Module,
-    inputs: tuple[Tensor, ...],
-    input_names: list[str],
-    output_names: list[str],
-    dynamic_axes: dict[str, dict[int, str]] | None,
-) -> onnx.ModelProto:
-    """Trace ``module`` (a wrapper holding the model as ``module.model``) on ``inputs`` into an
-    ONNX model (weights inside), the model in eval mode meanwhile; ReLUs of values already
-    non-negative are removed (:func:`~pansight.export.simplify.drop_redundant_relus`)."""
-    buffer = io.BytesIO()
-    was_training = module.model.training
-    module.model.eval()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=".*TorchScript-based ONNX export")
-            warnings.filterwarnings("ignore", message=".*feature will be removed")
-            torch.onnx.export(
-                module,
-                inputs,
-                buffer,
-                dynamo=False,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=OPSET,
-            )
-    finally:
-        module.model.train(was_training)
-    graph = onnx.load_model_from_string(buffer.getvalue())
-    drop_redundant_relus(graph)
-    return graph
-
-
-def write_atomically(graph: onnx.ModelProto, path: Path) -> Path:
-    """Write ``graph`` to ``path`` through a temporary file, so ``path`` is never torn.
-
-    Raises:
-        CheckpointError: naming ``path``, if it cannot be written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(graph.SerializeToString())
-        os.replace(handle.name, path)
-    except OSError as error:
-        Path(handle.name).unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot write the ONNX file: {error}") from None
-    return path

@@ -14,6 +14,7 @@ An int8 file with 8-bit weights opened on a processor without VNNI warns once (a
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,14 @@ from torch import Tensor
 from pansight import hardware
 from pansight.config import DataConfig, from_dict
 from pansight.errors import CheckpointError, ConfigError
-from pansight.export.graph import INPUT_NAME, ExportSpec, export_spec
 from pansight.export.metadata import PREFIX, ExportMetadata
 from pansight.export.rcnn import IMAGE_SIZES_NAME
+from pansight.export.specs import export_spec
+from pansight.export.tracing import INPUT_NAME
 from pansight.models.base import PansightModel
+from pansight.models.registry import ExportSpec, export_spec_of
+from pansight.models.zoo import MODELS
 from pansight.structures import ImageBatch, Result, Target
-
-ONNX_SUFFIX = ".onnx"
-
-
-def is_onnx_file(path: Any) -> bool:
-    """Whether ``path`` names an ONNX file (by its ``.onnx`` suffix)."""
-    return isinstance(path, str | Path) and Path(path).suffix.lower() == ONNX_SUFFIX
 
 
 class OnnxPredictor:
@@ -224,8 +221,6 @@ def weightless_model(metadata: ExportMetadata, path: Path) -> PansightModel:
         CheckpointError: naming ``path``, for an unknown model name or a config that does not
             fit it.
     """
-    from pansight.models.zoo import MODELS
-
     entry = MODELS.get(metadata.model_name)
     if entry is None:
         raise CheckpointError(
@@ -241,22 +236,22 @@ def weightless_model(metadata: ExportMetadata, path: Path) -> PansightModel:
         return entry.builder(config, list(metadata.class_names)).eval()
 
 
-def predictor_types() -> dict[type[PansightModel], type[OnnxPredictor]]:
-    """The model classes whose exports run behind a subclass of :class:`OnnxPredictor` (one
-    that does more than ``predict``)."""
-    from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
-    from pansight.models.yolact_edge import YolactEdge
-
-    return {YolactEdge: YolactEdgeOnnxPredictor}
+def predictor_type(model_cls: type | None) -> type[OnnxPredictor]:
+    """The class that runs the exports of ``model_cls``: the one its export spec names
+    (``"module:Class"``, a subclass for a model with more than ``predict``, e.g. a streaming
+    video model), else :class:`OnnxPredictor`."""
+    spec = export_spec_of(model_cls) if model_cls is not None else None
+    if spec is None or not spec.predictor:
+        return OnnxPredictor
+    module, _, name = spec.predictor.partition(":")
+    # named by the model family as a string: the predictor lives in a layer above the family
+    return getattr(importlib.import_module(module), name)
 
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxPredictor:
-    """The predictor of a pansight ONNX file: an :class:`OnnxPredictor`, or the subclass
-    :func:`predictor_types` names for the file's model class."""
-    from pansight.models.zoo import MODELS
-
+    """The predictor of a pansight ONNX file: an :class:`OnnxPredictor`, or the subclass the
+    model's export spec names (:func:`predictor_type`)."""
     session = open_session(Path(path), threads)
     model_name = session.get_modelmeta().custom_metadata_map.get(f"{PREFIX}model_name")
     entry = MODELS.get(model_name or "")
-    predictor_type = predictor_types().get(entry.builder if entry else None, OnnxPredictor)
-    return predictor_type(path, threads, session)
+    return predictor_type(entry.builder if entry else None)(path, threads, session)

@@ -22,7 +22,8 @@ fp32 instead of 4-5%. Weights in 7 bits (``reduce_range``, up to 64) keep a pair
 ``None`` takes 7 bits where :func:`pansight.hardware.int8_needs_reduced_range` says so, 8
 elsewhere.
 
-Int8 covers every exportable model (:data:`QUANTIZABLE`): the classifiers, localizers, FCNs,
+Int8 covers every exportable model whose export spec has an
+:class:`~pansight.models.registry.Int8Spec`: the classifiers, localizers, FCNs,
 YOLACT, YolactEdge, Faster/Mask R-CNN and Panoptic FPN. In the plain convolution networks
 every operator onnxruntime quantizes is quantized. In the R-CNN graphs
 (:mod:`pansight.export.rcnn`, inputs ``images`` and ``image_sizes``) only the convolutions are
@@ -47,7 +48,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -63,33 +63,27 @@ from torch import Tensor
 
 from pansight import hardware
 from pansight.config import DataConfig, from_dict
+from pansight.data.factory import build_dataset
 from pansight.errors import CheckpointError, ConfigError, DataError
-from pansight.export.graph import INPUT_NAME, write_atomically
+from pansight.export.predictor import load_onnx
 from pansight.export.rcnn import IMAGE_SIZES_NAME
-from pansight.models.classifier import Classifier
-from pansight.models.fcn import FCN
-from pansight.models.localizer import Localizer
-from pansight.models.panoptic_fpn import PanopticFPN
-from pansight.models.rcnn import FasterRCNN, MaskRCNN
-from pansight.models.yolact import Yolact
-from pansight.models.yolact_edge import KeyframeFeatures, YolactEdge
+from pansight.export.specs import int8_spec, quantizable_models
+from pansight.export.tracing import INPUT_NAME, write_atomically
+from pansight.export.yolact_edge import (
+    KEYFRAME_PREFIX,
+    STATE_FIELDS,
+    STATE_INPUTS,
+    TRANSFER_PREFIX,
+    YolactEdgeOnnxPredictor,
+    branch_models,
+    switch_model,
+)
+from pansight.models.yolact.edge.model import KeyframeFeatures, YolactEdge
 from pansight.structures import ImageBatch
-
-if TYPE_CHECKING:
-    from pansight.export.yolact_edge import YolactEdgeOnnxPredictor
 
 DEFAULT_CALIBRATION_IMAGES = 32
 CALIBRATION_SPLIT = "train"
 """Calibration reads the training split, so validation metrics stay honest."""
-RCNN_CLASSES = (FasterRCNN, MaskRCNN, PanopticFPN)
-QUANTIZABLE = (Classifier, Localizer, FCN, Yolact, YolactEdge, *RCNN_CLASSES)
-"""The model classes whose graphs quantize."""
-QUANTIZED_OPERATORS: dict[type, tuple[str, ...]] = dict.fromkeys(RCNN_CLASSES, ("Conv",))
-"""The operator types quantized, per model class; absent: every type onnxruntime quantizes."""
-DEFAULT_FP32_OUTPUTS: dict[type, tuple[str, ...]] = dict.fromkeys(
-    (Yolact, YolactEdge), ("box_deltas", "class_logits", "mask_coefficients")
-)
-"""Graph outputs whose final convolutions stay in float by default, per model class."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +96,7 @@ class Int8Options:
         num_images: calibration images, evenly spaced over the split.
         keep_fp32_outputs: graph outputs whose final convolutions (those reached walking up
             from the output through non-convolution nodes) stay in float; ``None``: the
-            model's default (:data:`DEFAULT_FP32_OUTPUTS`).
+            model's default (its :class:`~pansight.models.registry.Int8Spec`).
         exclude_nodes: further node names left in float.
         per_channel: one weight scale per output channel (else one per tensor).
         reduce_range: 7-bit weights (for processors without VNNI, where u8s8 products of
@@ -129,7 +123,7 @@ class Int8Options:
 
 def supports_int8(model_cls: type) -> bool:
     """Whether :func:`quantize_onnx` quantizes the exports of ``model_cls``."""
-    return model_cls in QUANTIZABLE
+    return int8_spec(model_cls) is not None
 
 
 class CalibrationFeeds(CalibrationDataReader):
@@ -163,13 +157,11 @@ def quantize_onnx(
 
     Raises:
         CheckpointError: ``fp32_path`` is not a pansight fp32 export.
-        ConfigError: the model does not quantize yet (not in :data:`QUANTIZABLE`), or
+        ConfigError: the model does not quantize yet (its export spec has no ``int8``), or
             ``options`` name outputs or nodes the graph lacks, ask for no images, or name a
             calibration data set that cannot serve the model's task.
         DataError: the calibration data set is unreadable or empty.
     """
-    from pansight.export.predictor import load_onnx
-
     options = options or Int8Options()
     weight_bits = options.weight_bits
     options = replace(options, reduce_range=weight_bits == 7)
@@ -179,7 +171,7 @@ def quantize_onnx(
         raise CheckpointError(f"{fp32_path}: already {predictor.metadata.precision}; quantize fp32")
     model = predictor.model
     if not supports_int8(type(model)):
-        supported = ", ".join(cls.__name__ for cls in QUANTIZABLE)
+        supported = ", ".join(quantizable_models())
         raise ConfigError(
             f"int8 quantization of {predictor.metadata.model_name} is not supported yet; "
             f"it supports {supported}"
@@ -225,7 +217,7 @@ class QuantizationJob:
         prepared, quantized = stem.with_suffix(".prepared.onnx"), stem.with_suffix(".int8.onnx")
         quant_pre_process(graph, prepared, skip_symbolic_shape=self.per_image)
         fp32_nodes = fp32_node_names(onnx.load(prepared), self.model_cls, self.options, prefix)
-        operators = QUANTIZED_OPERATORS.get(self.model_cls)
+        operators = int8_spec(self.model_cls).operators
         quantize_static(
             prepared,
             quantized,
@@ -252,13 +244,6 @@ def quantize_switch(
     keyframe path calibrated on ``batches``, the non-keyframe path on each batch with its own
     keyframe state and with the previous batch's; the quantized branches joined back under the
     ``If``. Returns it and the names of the nodes left in float."""
-    from pansight.export.yolact_edge import (
-        KEYFRAME_PREFIX,
-        TRANSFER_PREFIX,
-        branch_models,
-        switch_model,
-    )
-
     keyframe, transfer = branch_models(joined)
     check_exclude_nodes([keyframe, transfer], job.options)
     states = [predictor.forward_frame(batch)[1].keyframe for batch in batches]
@@ -292,8 +277,6 @@ def outputs_from_nodes(graph: onnx.GraphProto) -> onnx.GraphProto:
 
 def keyframe_feeds(keyframe: KeyframeFeatures) -> dict[str, np.ndarray]:
     """The keyframe-state inputs of a YolactEdge graph holding ``keyframe``'s features."""
-    from pansight.export.yolact_edge import STATE_FIELDS, STATE_INPUTS
-
     return {
         name: getattr(keyframe, field).float().cpu().numpy()
         for field, name in zip(STATE_FIELDS, STATE_INPUTS)
@@ -316,8 +299,6 @@ def calibration_images(data: DataConfig, task: str, num_images: int) -> list[Ten
         ConfigError: ``num_images`` is not positive, or ``data`` cannot serve ``task``.
         DataError: the data set is unreadable or empty.
     """
-    from pansight.data.factory import build_dataset
-
     if num_images < 1:
         raise ConfigError(f"num_images={num_images} must be at least 1 to calibrate int8")
     dataset = build_dataset(data, CALIBRATION_SPLIT, task)
@@ -344,7 +325,8 @@ def fp32_node_names(
     """
     outputs = options.keep_fp32_outputs
     if outputs is None:
-        outputs = DEFAULT_FP32_OUTPUTS.get(model_cls, ())
+        spec = int8_spec(model_cls)
+        outputs = spec.fp32_outputs if spec is not None else ()
     convolutions, between = output_heads(graph, [prefix + output for output in outputs])
     known = {node.name for node in graph.graph.node}
     return sorted(set(convolutions) | set(between) | (set(options.exclude_nodes) & known))

@@ -7,7 +7,7 @@ other images of the batch it was padded in (whose largest height sets the pyrami
 RoIAlign infers, as in the eager model; just its own for a single image). It runs every step of the
 eager ``forward`` in eval mode: backbone and FPN, the RPN per level, anchors, proposal NMS
 (ONNX ``NonMaxSuppression``), RoIAlign (ONNX ``RoiAlign``), the box branch, per-class NMS and
-the mask branch. Its outputs are the fields of :class:`~pansight.models.rcnn.RCNNOutputs` that
+the mask branch. Its outputs are the fields of :class:`~pansight.models.rcnn.model.RCNNOutputs` that
 ``postprocess`` reads: ``detection_boxes`` ``(D, 4)`` xyxy input-frame pixels,
 ``detection_scores`` ``(D,)``, ``detection_labels`` ``(D,)`` int64 in ``1..K``, with masks
 ``mask_logits`` ``(D, K + 1, 28, 28)``, and for Panoptic FPN ``semantic_logits``
@@ -31,7 +31,6 @@ other.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -39,18 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, remove_small_boxes, roi_align
 
-from pansight.models.panoptic_fpn import PanopticFPN
-from pansight.models.rcnn import BOX_ROI_SIZE, MASK_ROI_SIZE, ROI_LEVELS, MaskRCNN
-from pansight.models.roi_heads import MIN_DETECTION_SIDE
-from pansight.models.rpn import MIN_PROPOSAL_SIDE
+from pansight.export.tracing import INPUT_NAME, trace_module
+from pansight.models.panoptic.model import PanopticFPN
+from pansight.models.rcnn import RCNN_OUTPUTS
+from pansight.models.rcnn.model import BOX_ROI_SIZE, MASK_ROI_SIZE, ROI_LEVELS, MaskRCNN
+from pansight.models.rcnn.roi_heads import MIN_DETECTION_SIDE
+from pansight.models.rcnn.rpn import MIN_PROPOSAL_SIDE
+from pansight.models.registry import ExportSpec
 from pansight.ops.anchors import AnchorGenerator
 
-if TYPE_CHECKING:
-    from pansight.export.graph import ExportSpec
-
 IMAGE_SIZES_NAME = "image_sizes"
-RCNN_OUTPUTS = ("detection_boxes", "detection_scores", "detection_labels")
-"""Outputs of every R-CNN graph; :class:`RCNNOutputs` holds them as per-image lists."""
 OUTPUT_AXES = {
     "detection_boxes": {0: "detections"},
     "detection_scores": {0: "detections"},
@@ -208,8 +205,6 @@ def trace_rcnn_to_onnx(
 ) -> onnx.ModelProto:
     """Trace :class:`RCNNGraph` on one preprocessed image ``(1, 3, H, W)`` (its size taken as
     the whole padded size) into an ONNX model with dynamic ``H``, ``W`` and detection counts."""
-    from pansight.export.graph import INPUT_NAME, trace_module
-
     image_sizes = torch.tensor([images.shape[-2:]], dtype=torch.int64, device=images.device)
     dynamic_axes = {INPUT_NAME: {2: "height", 3: "width"}, IMAGE_SIZES_NAME: {0: "sizes"}}
     dynamic_axes |= {name: OUTPUT_AXES[name] for name in spec.output_names}

@@ -17,8 +17,8 @@ non-keyframe path (ResNet to ``c3``, flow, warp as ONNX ``GridSample``, SPA), bo
 FPN smoothing, the protonet and the head. Each branch holds its own weights.
 
 :class:`YolactEdgeOnnxPredictor` runs the graph with the eager model's keyframe decision
-(:meth:`~pansight.models.yolact_edge.YolactEdge.is_keyframe`) and state type; ``predict`` takes
-the keyframe path, as the eager model's does.
+(:meth:`~pansight.models.yolact.edge.model.YolactEdge.is_keyframe`) and state type;
+``predict`` takes the keyframe path, as the eager model's does.
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ import torch
 from torch import Tensor, nn
 
 from pansight.errors import ConfigError
-from pansight.export.graph import EXPORT_SPECS, INPUT_NAME, trace_module
 from pansight.export.predictor import OnnxPredictor
-from pansight.models.yolact import YolactOutputs
-from pansight.models.yolact_edge import (
+from pansight.export.tracing import INPUT_NAME, trace_module
+from pansight.models.streaming import stream_detections
+from pansight.models.yolact import HEAD_OUTPUTS
+from pansight.models.yolact.edge.model import (
     KeyframeFeatures,
     StreamState,
     YolactEdge,
-    stream_detections,
 )
+from pansight.models.yolact.model import YolactOutputs
 from pansight.ops.histograms import colour_histograms
 from pansight.structures import Detections, ImageBatch
 
@@ -51,7 +52,6 @@ STATE_FIELDS = ("c3_lateral", "reduced_c3", "p4", "p5")
 """The :class:`KeyframeFeatures` fields the graph reads and writes, in graph order."""
 STATE_INPUTS = tuple(f"keyframe_{name}" for name in STATE_FIELDS)
 STATE_OUTPUTS = tuple(f"next_keyframe_{name}" for name in STATE_FIELDS)
-HEAD_OUTPUTS = EXPORT_SPECS[YolactEdge].output_names
 KEYFRAME_PREFIX, TRANSFER_PREFIX = "keyframe/", "transfer/"
 """Prefixes of the names inside the ``If`` branches."""
 
@@ -235,7 +235,7 @@ class YolactEdgeOnnxPredictor(OnnxPredictor):
     def forward_frame(
         self, batch: ImageBatch, state: StreamState | None = None, keyframe: bool | None = None
     ) -> tuple[YolactOutputs, StreamState]:
-        """As :meth:`~pansight.models.yolact_edge.YolactEdge.forward_frame`: one video frame
+        """As :meth:`~pansight.models.yolact.edge.model.YolactEdge.forward_frame`: one video frame
         per image of ``batch`` -> its outputs and the state after it.
 
         Raises:
@@ -265,7 +265,7 @@ class YolactEdgeOnnxPredictor(OnnxPredictor):
         self, image: Tensor, state: StreamState | None = None, keyframe: bool | None = None
     ) -> tuple[Detections, StreamState]:
         """Detections for one ``(3, h, w)`` frame in ``[0, 1]`` and the state after it (as the
-        eager model's :meth:`~pansight.models.yolact_edge.YolactEdge.predict_video_frame`)."""
+        eager model's :meth:`~pansight.models.yolact.edge.model.YolactEdge.predict_video_frame`)."""
         with torch.no_grad():
             batch, _ = self.preprocess([image.cpu()])
             outputs, state = self.forward_frame(batch, state, keyframe)

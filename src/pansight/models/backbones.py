@@ -73,3 +73,17 @@ def _stage_channels(stage: nn.Sequential) -> int:
     last_block = stage[-1]
     last_norm = last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2
     return last_norm.num_features
+
+
+MIN_INPUT_SIZE = 32
+"""The ResNet's total stride: smaller inputs leave nothing of ``c5``."""
+
+
+def check_resnet_settings(backbone: str, input_size: int) -> None:
+    """Raise ConfigError for an unknown backbone or an input smaller than the ResNet stride."""
+    if backbone not in RESNET_BUILDERS:
+        raise ConfigError(
+            f"backbone={backbone!r} is unknown; choose one of {', '.join(RESNET_BUILDERS)}"
+        )
+    if input_size < MIN_INPUT_SIZE:
+        raise ConfigError(f"input_size={input_size} is too small; use at least {MIN_INPUT_SIZE}")

@@ -18,8 +18,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pansight.errors import ConfigError, DataError
 from pansight.structures import ImageBatch, Result, Target
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,3 +85,32 @@ class PansightModel(nn.Module):
             return self.postprocess(self(batch), batch)
         finally:
             self.train(was_training)
+
+
+def check_class_names(class_names: list[str]) -> None:
+    """Raise ConfigError unless there is at least one class name."""
+    if not class_names:
+        raise ConfigError("class_names is empty; a model needs at least one class")
+
+
+def resize_to_square(
+    images: list[Tensor], targets: list[Target] | None, side: int
+) -> tuple[ImageBatch, list[Target] | None]:
+    """Resize ``(3, h, w)`` images to ``(3, side, side)`` (bilinear, antialiased) into one batch.
+
+    Returns the :class:`ImageBatch` (``image_sizes`` all ``(side, side)``, ``original_sizes`` the
+    given sizes) and the targets resized into that input frame (``None`` if not given).
+    """
+    for index, image in enumerate(images):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise DataError(f"image {index} has shape {tuple(image.shape)}; expected (3, H, W)")
+    size = (side, side)
+    resized = [
+        F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+        for image in images
+    ]
+    original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
+    batch = ImageBatch(torch.stack(resized), [size] * len(images), original_sizes)
+    if targets is None:
+        return batch, None
+    return batch, [target.resized(size) for target in targets]

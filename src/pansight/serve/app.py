@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pansight.data.shapes import render_sample
 from pansight.serve.encoding import (
     IMAGE_CONTENT_TYPES,
     ImageError,
@@ -159,8 +160,6 @@ class _Api:
         return JSONResponse(payload, headers=SECURITY_HEADERS)
 
     def sample(self, request: Request) -> Response:
-        from pansight.data.shapes import render_sample
-
         index = _int_parameter(request, "index", 0, (0, 10**6))
         size = _int_parameter(request, "size", 128, SAMPLE_SIZES)
         image, _ = render_sample(index, mode="multi", image_size=size, split="val")

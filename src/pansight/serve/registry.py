@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from pansight.api import load
 from pansight.errors import ConfigError
 from pansight.structures import Result, on_cpu
 
@@ -70,8 +71,6 @@ BACKENDS: dict[str, str] = {".pt": "eager", ".pth": "eager", ".onnx": "onnxrunti
 
 def load_model(name: str, path: Path) -> LoadedModel:
     """The checkpoint, torchvision weights or pansight ONNX file ``path`` as model ``name``."""
-    from pansight.api import load
-
     return LoadedModel(name, load(path), BACKENDS[path.suffix.lower()])
 
 

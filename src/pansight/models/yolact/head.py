@@ -8,7 +8,8 @@ relative box is also a relative box of the original image.
 
 Module and parameter names follow the original implementation (``lat_layers``,
 ``pred_layers``, ``downsample_layers``, ``upfeature``, ``bbox_layer``, ``conf_layer``,
-``mask_layer``) so :mod:`pansight.models.yolact_import` maps its checkpoints by a few prefixes.
+``mask_layer``) so :mod:`pansight.models.yolact.original_import` maps its checkpoints by a
+few prefixes.
 """
 
 from __future__ import annotations

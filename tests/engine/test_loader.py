@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pansight.data.loader import build_loader, collate
+from pansight.engine.loader import build_loader, collate
 from pansight.structures import Target
 
 

@@ -17,7 +17,7 @@ A video is processed frame by frame with a :class:`StreamState`.
 The layout and rules follow the original's ``yolact_edge_vid`` configuration: flow warping
 of ``P4``/``P5`` only (``warp_layers="P4P5"``), one flow per level (``flow_layer="each"``), scale
 and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalised SPA. Checkpoints of the
-original implementation are read by :mod:`pansight.models.yolact_edge_import`.
+original implementation are read by :mod:`pansight.models.yolact.edge.original_import`.
 
 Training has three stages (``train_stage``), as the original's:
 
@@ -33,16 +33,16 @@ In the ``flow`` and ``video`` stages the ResNet's batch norms keep their statist
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from pansight.errors import ConfigError, DataError
-from pansight.models.feature_flow import (
+from pansight.models.streaming import stream_detections
+from pansight.models.yolact.edge.flow import (
     SPA,
     FlowEstimate,
     FlowNet,
@@ -50,8 +50,8 @@ from pansight.models.feature_flow import (
     init_flow_weights,
     transfer,
 )
-from pansight.models.yolact import Yolact, YolactConfig, YolactOutputs
-from pansight.models.yolact_head import merge_top_down
+from pansight.models.yolact.head import merge_top_down
+from pansight.models.yolact.model import Yolact, YolactConfig, YolactOutputs
 from pansight.ops.histograms import colour_histograms
 from pansight.structures import Detections, ImageBatch, Target
 
@@ -404,20 +404,6 @@ class YolactEdge(Yolact):
     def predict_video(self, frames: Iterable[Tensor]) -> list[Detections]:
         """Detections of each ``(3, h, w)`` frame, keyframes every ``keyframe_interval``."""
         return list(stream_detections(self, frames))
-
-
-def stream_detections(
-    streamer: Any, frames: Iterable[Tensor], keyframe_interval: int | None = None
-) -> Iterator[Detections]:
-    """Detections of each ``(3, h, w)`` frame by ``streamer.predict_video_frame`` (a
-    :class:`YolactEdge`, or its exported predictor), the :class:`StreamState` carried from frame
-    to frame; a keyframe every ``keyframe_interval`` frames (``None``: the streamer's own
-    interval) besides those it forces itself."""
-    state = None
-    for index, frame in enumerate(frames):
-        keyframe = None if keyframe_interval is None else index % keyframe_interval == 0
-        detections, state = streamer.predict_video_frame(frame, state, keyframe)
-        yield detections
 
 
 def feature_distance(transfer: FeatureTransfer) -> Tensor:

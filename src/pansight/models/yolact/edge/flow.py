@@ -3,7 +3,7 @@ feature warping, and the spatial refinement (SPA) of warped features.
 
 :class:`FlowNet` reads two reduced ``c3`` laterals and predicts, at three pyramid levels, a
 flow and a per-channel scale and bias (:class:`FlowEstimate`); :func:`transfer` warps keyframe
-features with one of them. See :mod:`pansight.models.yolact_edge` for how the model uses them.
+features with one of them. See :mod:`pansight.models.yolact.edge.model` for how the model uses them.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from torch import Tensor
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
 from pansight.errors import CheckpointError
-from pansight.models.rcnn import MaskRCNN
-from pansight.models.roi_heads import HEAD_CONVS
+from pansight.models.rcnn.model import MaskRCNN
+from pansight.models.rcnn.roi_heads import HEAD_CONVS
 
 BODY_KEY = "backbone.body.conv1.weight"
 CLASS_LOGITS_KEY = "roi_heads.box_predictor.cls_score.weight"

@@ -1,4 +1,4 @@
-"""Import torchvision weights into an :class:`~pansight.models.fcn.FCN`.
+"""Import torchvision weights into an :class:`~pansight.models.fcn.model.FCN`.
 
 Two kinds of torchvision state dict fit:
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from pansight.errors import CheckpointError
-from pansight.models.fcn import FCN
+from pansight.models.fcn.model import FCN
 
 FCN_PREFIXES = {
     "backbone.": "body.",

@@ -1,7 +1,7 @@
 """YOLACT's training targets and losses.
 
 Boxes are relative xyxy (fractions of the square input side), priors relative centre-size, as
-in :mod:`pansight.models.yolact_head`. Anchor labels are ``1..K`` for objects, ``0`` for
+in :mod:`pansight.models.yolact.head`. Anchor labels are ``1..K`` for objects, ``0`` for
 background and ``-1`` for neutral anchors that no loss sees.
 
 The four losses (all scalars):
@@ -22,7 +22,6 @@ The four losses (all scalars):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +29,9 @@ from torch import Tensor
 from torchvision.ops import box_area, box_iou
 
 from pansight.errors import DataError
-from pansight.models.yolact_head import crop_to_boxes, encode_boxes, prior_boxes
+from pansight.models.yolact.config import YolactConfig, YolactOutputs
+from pansight.models.yolact.head import crop_to_boxes, encode_boxes, prior_boxes
 from pansight.structures import Target
-
-if TYPE_CHECKING:
-    from pansight.models.yolact import YolactConfig, YolactOutputs
 
 OUTSIDE_CROP_LOSS = 100.0
 """Loss of a foreground pixel outside the crop, where the cropped mask is 0 (the value binary

@@ -7,14 +7,13 @@ deltas per anchor), :meth:`~MaskRCNN.decode_anchors`, :meth:`~MaskRCNN.nms_propo
 :meth:`~MaskRCNN.roi_align_boxes`, and the branches :meth:`~MaskRCNN.box_branch` and
 :meth:`~MaskRCNN.mask_branch`.
 
-Matching, sampling and the losses (training only) are in :mod:`pansight.models.rcnn_training`.
+Matching, sampling and the losses (training only) are in :mod:`pansight.models.rcnn.training`.
 Parameter names follow torchvision's detection models (``fc6``, ``cls_score``,
-``conv5_mask``, ...) so :mod:`pansight.models.rcnn_import` maps their checkpoints in by prefix.
+``conv5_mask``, ...) so :mod:`pansight.models.rcnn.torchvision_import` maps their
+checkpoints in by prefix.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,25 +21,25 @@ from torch import Tensor
 
 from pansight.errors import ConfigError, DataError
 from pansight.models.backbones import ResNetBody
-from pansight.models.base import PansightModel
-from pansight.models.classifier import check_class_names
+from pansight.models.base import PansightModel, check_class_names
 from pansight.models.fpn import FPN
-from pansight.models.rcnn_config import SIZE_DIVISIBLE, RCNNConfig
-from pansight.models.rcnn_training import (
-    MatchingTargets,
-    matching_targets,
-    positive_rois_with_mask_targets,
-    rcnn_losses,
-    sample_training_examples,
-)
-from pansight.models.roi_heads import (
+from pansight.models.rcnn.config import SIZE_DIVISIBLE, RCNNConfig
+from pansight.models.rcnn.outputs import RCNNOutputs
+from pansight.models.rcnn.roi_heads import (
     BoxPredictor,
     MaskHead,
     MaskPredictor,
     build_box_head,
     select_detections,
 )
-from pansight.models.rpn import RPNHead, select_proposals
+from pansight.models.rcnn.rpn import RPNHead, select_proposals
+from pansight.models.rcnn.training import (
+    MatchingTargets,
+    matching_targets,
+    positive_rois_with_mask_targets,
+    rcnn_losses,
+    sample_training_examples,
+)
 from pansight.ops.anchors import AnchorGenerator
 from pansight.ops.boxes import BoxCoder
 from pansight.ops.masks import paste_masks_above
@@ -54,43 +53,6 @@ RPN_BOX_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 PASTE_CHUNK = 16
 """Detections whose masks are pasted together (bounds the float pixels held at once)."""
-
-
-@dataclass
-class RCNNOutputs:
-    """Raw outputs of :class:`MaskRCNN`; every field exists in both modes.
-
-    Boxes are xyxy in input-frame pixels; labels are ``1..K`` (0 = background).
-
-    Attributes:
-        proposals: per image ``(P_i, 4)`` RoIs of the box branch (sampled ones in training).
-        class_logits: ``(sum P_i, K + 1)``.
-        box_regression: ``(sum P_i, 4 * (K + 1))`` deltas (weights 10, 10, 5, 5) per class.
-        detection_boxes, detection_scores, detection_labels: per image ``(D_i, 4)``,
-            ``(D_i,)``, ``(D_i,)`` selected detections (eval; empty lists in training).
-        mask_logits: ``(R, K + 1, 28, 28)`` for the detections (eval) or the positive RoIs
-            (training); ``None`` without a mask branch.
-        rpn_objectness: ``(B, N)`` anchor logits; rpn_deltas: ``(B, N, 4)``.
-        rpn_labels, rpn_regression_targets: ``(B, N)`` sampled anchor labels (1, 0, -1 not
-            sampled) and ``(B, N, 4)`` targets (training, else ``None``).
-        roi_labels, roi_regression_targets: ``(sum P_i,)`` and ``(sum P_i, 4)`` (training).
-        mask_targets: ``(R, 28, 28)`` ground-truth masks of the positive RoIs (training).
-    """
-
-    proposals: list[Tensor]
-    class_logits: Tensor
-    box_regression: Tensor
-    detection_boxes: list[Tensor]
-    detection_scores: list[Tensor]
-    detection_labels: list[Tensor]
-    mask_logits: Tensor | None
-    rpn_objectness: Tensor
-    rpn_deltas: Tensor
-    rpn_labels: Tensor | None = None
-    rpn_regression_targets: Tensor | None = None
-    roi_labels: Tensor | None = None
-    roi_regression_targets: Tensor | None = None
-    mask_targets: Tensor | None = None
 
 
 class MaskRCNN(PansightModel):

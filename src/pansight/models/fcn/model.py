@@ -27,9 +27,13 @@ from torch import Tensor, nn
 from torchvision.models.segmentation.fcn import FCNHead
 
 from pansight.errors import ConfigError, DataError
-from pansight.models.backbones import FEATURE_STRIDES, RESNET_BUILDERS, ResNetBody
-from pansight.models.base import PansightModel
-from pansight.models.classifier import check_class_names, check_resnet_settings, resize_to_square
+from pansight.models.backbones import (
+    FEATURE_STRIDES,
+    RESNET_BUILDERS,
+    ResNetBody,
+    check_resnet_settings,
+)
+from pansight.models.base import PansightModel, check_class_names, resize_to_square
 from pansight.structures import IGNORE_LABEL, ImageBatch, SemanticMap, Size, Target
 
 SKIP_HEADS = {"32s": ("c5",), "16s": ("c5", "c4"), "8s": ("c5", "c4", "c3")}

@@ -17,14 +17,9 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, clip_boxes_to_image, generalized_box_iou_loss
 
 from pansight.errors import ConfigError, DataError
-from pansight.models.backbones import ResNetBody
-from pansight.models.base import PansightModel
-from pansight.models.classifier import (
-    check_class_names,
-    check_resnet_settings,
-    resize_to_square,
-    target_labels,
-)
+from pansight.models.backbones import ResNetBody, check_resnet_settings
+from pansight.models.base import PansightModel, check_class_names, resize_to_square
+from pansight.models.classification.classifier import target_labels
 from pansight.structures import ImageBatch, Localization, Target
 
 SMOOTH_L1_BETA = 0.05

@@ -1,11 +1,11 @@
-"""Settings of the Faster/Mask R-CNN models (:mod:`pansight.models.rcnn`)."""
+"""Settings of the Faster/Mask R-CNN models (:mod:`pansight.models.rcnn.model`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from pansight.errors import ConfigError
-from pansight.models.roi_heads import BOX_HEADS
+from pansight.models.rcnn.roi_heads import BOX_HEADS
 
 PREPROCESSING = ("torchvision", "square")
 SIZE_DIVISIBLE = 32

@@ -30,13 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from pansight.errors import CheckpointError
-from pansight.models.rcnn_import import coco_class_names
-from pansight.models.yolact import Yolact
+from pansight.models.rcnn.torchvision_import import coco_class_names
+from pansight.models.yolact.model import Yolact
 
 BACKBONE_BY_STAGE3_BLOCKS = {6: "resnet50", 23: "resnet101"}
 """The ResNet whose third stage (``backbone.layers.2``) has this many blocks."""
 
 CONF_KEY = "prediction_layers.0.conf_layer.weight"
+LATERAL_KEY = "fpn_phase_1.lat_layers.0.weight"
+"""A key of YolactEdge's two-phase FPN, which plain YOLACT lacks."""
 BBOX_KEY = "prediction_layers.0.bbox_layer.weight"
 
 _PREFIXES = (
@@ -154,36 +156,23 @@ def load_renamed_strictly(
     model.load_state_dict(mapped, strict=True)
 
 
-def load_original_yolact(
-    weights: str | Path | Mapping[str, Tensor],
-    class_names: list[str] | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> Yolact:
-    """A :class:`Yolact` holding an original YOLACT checkpoint's weights, in eval mode.
+def is_original_yolact(state_dict: Mapping[str, Any]) -> bool:
+    """Whether ``state_dict`` has the original YOLACT's layout (its prediction head's keys,
+    and not YolactEdge's two-phase FPN)."""
+    return CONF_KEY in state_dict and BBOX_KEY in state_dict and LATERAL_KEY not in state_dict
 
-    The zoo model is ``yolact_r50`` or ``yolact_r101`` by the checkpoint's ResNet depth.
 
-    Args:
-        weights: the state dict or the ``.pth`` file the original saved.
-        class_names: one name per object class; by default COCO's 80 for an 81-logit head,
-            else ``class_1 .. class_K``.
-        overrides: config ``key=value`` overrides (``nms``, ``score_thresh``, ...).
-
-    Raises:
-        CheckpointError: the file cannot be read or its weights do not fit (naming the key).
-    """
-    from pansight.models.zoo import build_model
-
-    state_dict = read_original_checkpoint(weights) if isinstance(weights, str | Path) else weights
+def original_yolact_model(
+    state_dict: Mapping[str, Tensor],
+) -> tuple[str, list[str], dict[str, Any]]:
+    """The zoo model an original YOLACT state dict fits (``yolact_r50`` or ``yolact_r101`` by
+    its ResNet depth), its default class names (COCO's 80 for an 81-logit head, else
+    ``class_1 .. class_K``) and no config overrides."""
     backbone, num_classes = original_layout(state_dict)
-    if class_names is None:
-        coco = coco_80_class_names()
-        generic = [f"class_{label}" for label in range(1, num_classes + 1)]
-        class_names = coco if num_classes == len(coco) else generic
+    coco = coco_80_class_names()
+    generic = [f"class_{label}" for label in range(1, num_classes + 1)]
     name = {"resnet50": "yolact_r50", "resnet101": "yolact_r101"}[backbone]
-    model = build_model(name, class_names, overrides)
-    import_original_yolact(model, state_dict)
-    return model.eval()
+    return name, coco if num_classes == len(coco) else generic, {}
 
 
 def read_original_checkpoint(path: str | Path) -> dict[str, Tensor]:

@@ -15,12 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pansight.errors import CheckpointError, ConfigError, DataError
-from pansight.models.backbones import RESNET_BUILDERS, ResNetBody
-from pansight.models.base import PansightModel
+from pansight.models.backbones import ResNetBody, check_resnet_settings
+from pansight.models.base import PansightModel, check_class_names, resize_to_square
 from pansight.structures import Classification, ImageBatch, Target
-
-MIN_INPUT_SIZE = 32
-"""The ResNet's total stride: smaller inputs leave nothing of ``c5``."""
 
 
 @dataclass(frozen=True)
@@ -99,45 +96,6 @@ class Classifier(PansightModel):
             Classification(label=int(label), score=float(score), scores=probs)
             for label, score, probs in zip(labels, scores, probabilities)
         ]
-
-
-def check_resnet_settings(backbone: str, input_size: int) -> None:
-    """Raise ConfigError for an unknown backbone or an input smaller than the ResNet stride."""
-    if backbone not in RESNET_BUILDERS:
-        raise ConfigError(
-            f"backbone={backbone!r} is unknown; choose one of {', '.join(RESNET_BUILDERS)}"
-        )
-    if input_size < MIN_INPUT_SIZE:
-        raise ConfigError(f"input_size={input_size} is too small; use at least {MIN_INPUT_SIZE}")
-
-
-def check_class_names(class_names: list[str]) -> None:
-    """Raise ConfigError unless there is at least one class name."""
-    if not class_names:
-        raise ConfigError("class_names is empty; a model needs at least one class")
-
-
-def resize_to_square(
-    images: list[Tensor], targets: list[Target] | None, side: int
-) -> tuple[ImageBatch, list[Target] | None]:
-    """Resize ``(3, h, w)`` images to ``(3, side, side)`` (bilinear, antialiased) into one batch.
-
-    Returns the :class:`ImageBatch` (``image_sizes`` all ``(side, side)``, ``original_sizes`` the
-    given sizes) and the targets resized into that input frame (``None`` if not given).
-    """
-    for index, image in enumerate(images):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise DataError(f"image {index} has shape {tuple(image.shape)}; expected (3, H, W)")
-    size = (side, side)
-    resized = [
-        F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
-        for image in images
-    ]
-    original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-    batch = ImageBatch(torch.stack(resized), [size] * len(images), original_sizes)
-    if targets is None:
-        return batch, None
-    return batch, [target.resized(size) for target in targets]
 
 
 def target_labels(targets: list[Target], num_classes: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Training-only parts of :class:`~pansight.models.rcnn.MaskRCNN`.
+"""Training-only parts of :class:`~pansight.models.rcnn.model.MaskRCNN`.
 
 The ground truth used for matching, the sampled anchors and RoIs with their targets, and the
 losses. Boxes are xyxy in input-frame pixels; labels are ``1..K`` (0 = background).
@@ -7,20 +7,17 @@ losses. Boxes are xyxy in input-frame pixels; labels are ``1..K`` (0 = backgroun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from pansight.errors import DataError
-from pansight.models.roi_heads import box_losses, mask_loss, mask_targets, sample_proposals
-from pansight.models.rpn import rpn_losses, rpn_targets
+from pansight.models.rcnn.config import RCNNConfig
+from pansight.models.rcnn.outputs import RCNNOutputs
+from pansight.models.rcnn.roi_heads import box_losses, mask_loss, mask_targets, sample_proposals
+from pansight.models.rcnn.rpn import rpn_losses, rpn_targets
 from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
 from pansight.structures import Target
-
-if TYPE_CHECKING:
-    from pansight.models.rcnn import RCNNOutputs
-    from pansight.models.rcnn_config import RCNNConfig
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Load weights saved by the original YolactEdge implementation into :class:`YolactEdge`.
 
-Its state dicts are YOLACT's (:mod:`pansight.models.yolact_import` maps the backbone,
+Its state dicts are YOLACT's (:mod:`pansight.models.yolact.original_import` maps the backbone,
 protonet, head and semantic conv) with the FPN split in two phases and the video modules:
 
 ==========================================  ==========================
@@ -22,23 +22,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from pansight.errors import CheckpointError
-from pansight.models.yolact_edge import YolactEdge
-from pansight.models.yolact_import import (
+from pansight.models.yolact.edge.model import YolactEdge
+from pansight.models.yolact.original_import import (
+    LATERAL_KEY,
     coco_80_class_names,
     load_renamed_strictly,
     original_layout,
     original_to_pansight_key,
     pansight_to_original_key,
-    read_original_checkpoint,
 )
 
-LATERAL_KEY = "fpn_phase_1.lat_layers.0.weight"
 FLOW_ENCODER_KEY = "flow_net.conv1.0.0.weight"
 
 YOUTUBE_VIS_CLASSES = (
@@ -140,35 +138,20 @@ def import_original_yolact_edge(model: YolactEdge, state_dict: Mapping[str, Tens
     )
 
 
-def load_original_yolact_edge(
-    weights: str | Path | Mapping[str, Tensor],
-    class_names: list[str] | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> YolactEdge:
-    """A :class:`YolactEdge` holding an original YolactEdge checkpoint's weights, in eval mode.
+def is_original_yolact_edge(state_dict: Mapping[str, Any]) -> bool:
+    """Whether ``state_dict`` has the original YolactEdge's layout (its two-phase FPN)."""
+    return LATERAL_KEY in state_dict
 
-    The zoo model is ``yolact_edge_r50`` with the layout's backbone, flow module and SPA
-    (:meth:`EdgeLayout.overrides`).
 
-    Args:
-        weights: the state dict or the ``.pth`` file the original saved.
-        class_names: one name per object class; by default YouTube-VIS's 40 for a 41-logit
-            head, COCO's 80 for an 81-logit one, else ``class_1 .. class_K``.
-        overrides: further config ``key=value`` overrides (``keyframe_interval``,
-            ``input_size``, ...).
-
-    Raises:
-        CheckpointError: the file cannot be read or its weights do not fit (naming the key).
-    """
-    from pansight.models.zoo import build_model
-
-    state_dict = read_original_checkpoint(weights) if isinstance(weights, str | Path) else weights
+def original_yolact_edge_model(
+    state_dict: Mapping[str, Tensor],
+) -> tuple[str, list[str], dict[str, Any]]:
+    """The zoo model an original YolactEdge state dict fits (``yolact_edge_r50`` with the
+    layout's backbone, flow module and SPA: :meth:`EdgeLayout.overrides`) and its default class
+    names (YouTube-VIS's 40 for a 41-logit head, COCO's 80 for an 81-logit one, else
+    ``class_1 .. class_K``)."""
     layout = original_edge_layout(state_dict)
-    if class_names is None:
-        class_names = _default_class_names(layout.num_classes)
-    model = build_model("yolact_edge_r50", class_names, layout.overrides() | (overrides or {}))
-    import_original_yolact_edge(model, state_dict)
-    return model.eval()
+    return "yolact_edge_r50", _default_class_names(layout.num_classes), layout.overrides()
 
 
 def _default_class_names(num_classes: int) -> list[str]:

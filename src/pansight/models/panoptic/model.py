@@ -5,7 +5,7 @@ thing classes. The semantic branch reads ``p2..p5``: each level goes through sta
 (3x3 conv, GroupNorm, ReLU, 2x bilinear upsampling) until it reaches 1/4 of the input scale
 (``p2``: one conv and no upsampling; ``p3``: one stage; ``p4``: two; ``p5``: three); the four
 maps are summed, a 1x1 convolution scores the stuff classes plus one class "thing", and the
-scores are upsampled 4x to the input size. :func:`~pansight.models.panoptic_fusion.fuse_panoptic`
+scores are upsampled 4x to the input size. :func:`~pansight.models.panoptic.fusion.fuse_panoptic`
 merges the two into a :class:`~pansight.structures.PanopticMap`.
 
 Label spaces: the model's ``class_names`` are the panoptic label space (things and stuff, in
@@ -27,11 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pansight.errors import ConfigError, DataError
-from pansight.models.base import PansightModel
-from pansight.models.classifier import check_class_names
-from pansight.models.panoptic_fusion import NO_STUFF, fuse_panoptic
-from pansight.models.rcnn import MaskRCNN, RCNNOutputs
-from pansight.models.rcnn_config import RCNNConfig
+from pansight.models.base import PansightModel, check_class_names
+from pansight.models.panoptic.fusion import NO_STUFF, fuse_panoptic
+from pansight.models.rcnn.config import RCNNConfig
+from pansight.models.rcnn.model import MaskRCNN, RCNNOutputs
 from pansight.structures import IGNORE_LABEL, ImageBatch, PanopticMap, Size, Target
 
 SEMANTIC_STAGES = {"p2": 0, "p3": 1, "p4": 2, "p5": 3}
