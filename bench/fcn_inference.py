@@ -5,12 +5,12 @@ the bench images, batch-norm scales and shifts drawn at random) and its state di
 into pansight's ``fcn_resnet50`` (dilated ResNet-50, ``FCNHead``) with
 :func:`pansight.models.fcn.torchvision_import.import_torchvision_fcn`.
 Both run the network only: images in,
-class scores at every input pixel out (ours normalises the pixels inside; torchvision gets them
-normalised). Three rows:
+class scores at every input pixel out (ours normalizes the pixels inside; torchvision gets them
+normalized). Three rows:
 
 - ``torchvision``: ``model(images)`` under ``torch.inference_mode``;
 - ``ours``: ``model(batch)``, the model as built or loaded;
-- ``ours optimised``: :func:`pansight.models.fuse.optimize_for_inference` (batch norms folded
+- ``ours optimized``: :func:`pansight.models.fuse.optimize_for_inference` (batch norms folded
   into the convolutions, channels-last memory format), the path whose ratio ``result:`` gives.
 
 Latency: after ``--warmup`` calls each, the models run alternately ``--runs`` times on the
@@ -51,7 +51,7 @@ from pansight.structures import ImageBatch
 
 NUM_CLASSES = 21
 """Pascal VOC's 20 classes and background, as torchvision's FCN weights have."""
-MODELS = ("torchvision", "ours", "ours optimised")
+MODELS = ("torchvision", "ours", "ours optimized")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,8 +79,8 @@ def bench_images(count: int, size: int, seed: int) -> Tensor:
     return (0.8 * smooth + 0.2 * noise).clamp(0, 1)
 
 
-def normalise(images: Tensor) -> Tensor:
-    """ImageNet-normalised images, computed as :meth:`PansightModel.normalize` does."""
+def normalize(images: Tensor) -> Tensor:
+    """ImageNet-normalized images, computed as :meth:`PansightModel.normalize` does."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (images - mean) / std
@@ -94,7 +94,7 @@ def our_model(state_dict: dict[str, Tensor], size: int) -> FCN:
 
 
 @torch.no_grad()
-def randomise(model: torch.nn.Module, normalised: Tensor, seed: int) -> None:
+def randomize(model: torch.nn.Module, normalized: Tensor, seed: int) -> None:
     """Batch-norm statistics of the bench images, then random batch-norm scales and shifts."""
     torch.manual_seed(seed)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -102,7 +102,7 @@ def randomise(model: torch.nn.Module, normalised: Tensor, seed: int) -> None:
         norm.reset_running_stats()
         norm.momentum = None
     model.train()
-    model(normalised)
+    model(normalized)
     model.eval()
     for norm in norms:
         norm.weight.uniform_(0.5, 1.5)
@@ -110,14 +110,14 @@ def randomise(model: torch.nn.Module, normalised: Tensor, seed: int) -> None:
 
 
 def calls(
-    models: dict[str, torch.nn.Module], images: Tensor, normalised: Tensor
+    models: dict[str, torch.nn.Module], images: Tensor, normalized: Tensor
 ) -> dict[str, Callable[[], Tensor]]:
     """Each model's call on the bench images, returning its ``(B, K, H, W)`` scores."""
     batch = ImageBatch.from_images(list(images))
 
     def torchvision_call() -> Tensor:
         with torch.inference_mode():
-            return models["torchvision"](normalised)["out"]
+            return models["torchvision"](normalized)["out"]
 
     def our_call(name: str) -> Callable[[], Tensor]:
         def call() -> Tensor:
@@ -139,10 +139,10 @@ def build_models(state_dict: dict[str, Tensor], size: int, which: tuple[str, ...
         )
         models["torchvision"].load_state_dict(state_dict)
         models["torchvision"].eval()
-    if "ours" in which or "ours optimised" in which:
+    if "ours" in which or "ours optimized" in which:
         ours = our_model(state_dict, size)
-        if "ours optimised" in which:
-            models["ours optimised"] = optimize_for_inference(ours)
+        if "ours optimized" in which:
+            models["ours optimized"] = optimize_for_inference(ours)
         if "ours" in which:
             models["ours"] = ours
     return models
@@ -155,9 +155,9 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     """Subprocess body: build one model, run it once, print its peak RSS increase in bytes."""
     torch.set_num_threads(args.threads)
     saved = torch.load(args.state)
-    images, normalised = saved["images"], saved["normalised"]
+    images, normalized = saved["images"], saved["normalized"]
     models = build_models(saved["state_dict"], args.size, (args.memory_of,))
-    call = calls(models, images, normalised)[args.memory_of]
+    call = calls(models, images, normalized)[args.memory_of]
     del saved
     print(*call_peak_bytes(call))
 
@@ -184,11 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     print_header()
     images = bench_images(args.images, args.size, args.seed)
     reference = fcn_resnet50(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
-    normalised = normalise(images)
-    randomise(reference, normalised, args.seed)
+    normalized = normalize(images)
+    randomize(reference, normalized, args.seed)
     state_dict = reference.state_dict()
     models = build_models(state_dict, args.size, MODELS)
-    timed = calls(models, images, normalised)
+    timed = calls(models, images, normalized)
 
     expected = timed["torchvision"]()
     agreement = {name: agreement_of(timed[name](), expected) for name in MODELS[1:]}
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         state_file = Path(folder) / "state.pt"
-        saved = {"state_dict": state_dict, "images": images, "normalised": normalised}
+        saved = {"state_dict": state_dict, "images": images, "normalized": normalized}
         torch.save(saved, state_file)
         del models, timed, reference
         gc.collect()
@@ -241,9 +241,9 @@ def report(
         )
     print("(peak MiB: resident memory the call adds at its peak; total MiB: process peak)")
     plain = medians["ours"] / medians["torchvision"]
-    print(f"ours (not optimised) / torchvision latency: {plain:.3f}")
-    latency_ratio = medians["ours optimised"] / medians["torchvision"]
-    memory_ratio = memory["ours optimised"][0] / memory["torchvision"][0]
+    print(f"ours (not optimized) / torchvision latency: {plain:.3f}")
+    latency_ratio = medians["ours optimized"] / medians["torchvision"]
+    memory_ratio = memory["ours optimized"][0] / memory["torchvision"][0]
     print(f"result: latency_ratio={latency_ratio:.3f} memory_ratio={memory_ratio:.3f}")
 
 

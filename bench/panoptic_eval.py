@@ -1,4 +1,4 @@
-"""PQ evaluation on CPU: pansight's vectorised metric against a per-segment loop in the style of
+"""PQ evaluation on CPU: pansight's vectorized metric against a per-segment loop in the style of
 panopticapi's ``pq_compute``.
 
 Data: ``--images`` samples of the synthetic world (``--size`` pixels, up to ``--max-objects``
@@ -45,7 +45,7 @@ THING_LABELS = [label for label, is_thing in enumerate(THING_FLAGS) if is_thing]
 STUFF_LABELS = [label for label, is_thing in enumerate(THING_FLAGS) if not is_thing]
 PREDICTION_ID_RANGES = (1000, MAX_SEGMENT_ID)
 """A prediction's segment ids are drawn below one of these (as a model numbers its segments, or
-as a COCO file's colours give them)."""
+as a COCO file's colors give them)."""
 THING_ACTIONS = ("keep", "erode", "shift", "drop")
 THING_ACTION_ODDS = (0.4, 0.25, 0.25, 0.1)
 
@@ -135,7 +135,7 @@ def _perturb_thing(
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
-    """``mask`` without its pixels that have a 4-neighbour outside it (or the image)."""
+    """``mask`` without its pixels that have a 4-neighbor outside it (or the image)."""
     padded = np.pad(mask, 1)
     return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
 

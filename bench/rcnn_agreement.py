@@ -69,7 +69,7 @@ def _max_abs(difference: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def network_agreement(
-    plain: MaskRCNN, optimised: MaskRCNN, images: list[torch.Tensor]
+    plain: MaskRCNN, optimized: MaskRCNN, images: list[torch.Tensor]
 ) -> tuple[float, str]:
     """Largest relative difference ``max |a - b| / max |a|`` between the network outputs of two
     models on the same batch, and the output it is in.
@@ -81,13 +81,12 @@ def network_agreement(
     batch, _ = plain.preprocess(images)
     plain_outputs = plain(batch)
     per_model = []
-    for model in (plain, optimised):
+    for model in (plain, optimized):
         levels = model.pyramid_levels(model.backbone_levels(batch))
         objectness, deltas, _, _ = model.rpn_per_level(levels, batch)
         rois = model.roi_align_boxes(levels, plain_outputs.proposals, batch)
         class_logits, box_regression = model.box_branch(rois)
-        with_masks = copy.copy(plain_outputs)
-        model.mask_branch(levels, with_masks, batch, None, None)
+        mask_logits = model.mask_branch(levels, plain_outputs.detection_boxes, batch)
         per_model.append(
             levels
             | {
@@ -95,7 +94,7 @@ def network_agreement(
                 "rpn deltas": deltas,
                 "class logits": class_logits,
                 "box deltas": box_regression,
-                "mask logits": with_masks.mask_logits,
+                "mask logits": mask_logits,
             }
         )
     differences = {

@@ -1,7 +1,7 @@
 """Mask R-CNN inference on CPU: pansight's MaskRCNN against torchvision's maskrcnn_resnet50_fpn.
 
 All models hold the same weights: torchvision's model is built with random weights (batch-norm
-statistics measured on the bench images, batch-norm affine and classifier randomised so that
+statistics measured on the bench images, batch-norm affine and classifier randomized so that
 detections are varied), and its state dict is imported into ``mask_rcnn_r50_fpn`` with
 :func:`pansight.models.rcnn.torchvision_import.import_torchvision_rcnn`.
 The score threshold is low enough
@@ -9,13 +9,13 @@ that every image keeps ``--detections`` detections in every model. Three models 
 
 - ``torchvision``: ``model(images)`` under ``torch.inference_mode``;
 - ``ours``: ``model.predict(images)``;
-- ``ours optimised``: ``predict`` of :func:`pansight.models.fuse.optimize_for_inference`'s copy
+- ``ours optimized``: ``predict`` of :func:`pansight.models.fuse.optimize_for_inference`'s copy
   (batch norms folded into the convolutions, channels-last weights), the path whose ratio the
   ``result:`` line gives.
 
 Same outputs, checked before timing: every model keeps the same number of detections per
 image; plain ``ours`` reproduces torchvision's detections (same labels, boxes and scores, masks
-pasted by ours at IoU ~0.99); ``ours optimised`` computes every network output (pyramid, RPN,
+pasted by ours at IoU ~0.99); ``ours optimized`` computes every network output (pyramid, RPN,
 box and mask heads, fed the same RoIs) within float rounding of ``ours``. Its detections are
 then matched to torchvision's and the matched share printed: with random weights the proposal
 ranking is full of near-ties, so rounding alone swaps some detections (``--float64-check``
@@ -30,7 +30,7 @@ just before the call and reads ``VmHWM`` after it; the reported number is the pe
 memory above the resident memory right before the call (the weights and the images are resident
 already, so this is the memory the inference itself needs).
 
-The stage split times ``ours optimised`` once more with each forward step wrapped in a timer.
+The stage split times ``ours optimized`` once more with each forward step wrapped in a timer.
 
 Usage: ``python bench/rcnn_inference.py [--runs 5] [--warmup 1] [--threads 2] [--images 1]``
 """
@@ -62,13 +62,13 @@ from pansight.models.rcnn.torchvision_import import import_torchvision_rcnn
 NUM_CLASSES = 90
 """COCO's 90 category slots (torchvision's ``num_classes=91`` counts the background)."""
 
-MODELS = ("ours", "ours optimised", "torchvision")
-OURS = "ours optimised"
+MODELS = ("ours", "ours optimized", "torchvision")
+OURS = "ours optimized"
 """The model of ours whose ratios the ``result:`` line gives."""
 MIN_MATCHED = 0.95
 """Share of plain ``ours``'s detections that must match torchvision's."""
 MAX_RELATIVE_DIFF = 1e-4
-"""Largest relative difference allowed between the network outputs of ``ours optimised`` and
+"""Largest relative difference allowed between the network outputs of ``ours optimized`` and
 ``ours`` on the same input and RoIs (float rounding gives about 1e-5)."""
 
 STAGES = {
@@ -81,7 +81,7 @@ STAGES = {
     "roi_levels": "RoI box head",
     "roi_align_boxes": "RoI box head",
     "box_branch": "RoI box head",
-    "_select_detections": "RoI box head",
+    "detections": "RoI box head",
     "mask_branch": "mask head",
     "postprocess": "paste + results",
 }
@@ -150,10 +150,10 @@ def build_models(
 ) -> dict[str, nn.Module]:
     """The models named in ``which`` (of :data:`MODELS`), all holding ``state_dict``."""
     models: dict[str, nn.Module] = {}
-    if "ours" in which or "ours optimised" in which:
+    if "ours" in which or "ours optimized" in which:
         ours = our_model(args, state_dict)
-        if "ours optimised" in which:
-            models["ours optimised"] = optimize_for_inference(ours)
+        if "ours optimized" in which:
+            models["ours optimized"] = optimize_for_inference(ours)
         if "ours" in which:
             models["ours"] = ours
     if "torchvision" in which:
@@ -163,7 +163,7 @@ def build_models(
 
 
 @torch.no_grad()
-def randomise(model: nn.Module, images: list[torch.Tensor], seed: int) -> None:
+def randomize(model: nn.Module, images: list[torch.Tensor], seed: int) -> None:
     """Random weights that keep activations bounded and spread the scores.
 
     Batch-norm statistics are the plain batch statistics of ``images``; the batch-norm scales
@@ -262,7 +262,7 @@ def check_same_outputs(
 
     Raises:
         SystemExit: when plain ``ours`` does not reproduce torchvision's detections or
-            ``ours optimised``'s network outputs differ from ours by more than float rounding.
+            ``ours optimized``'s network outputs differ from ours by more than float rounding.
     """
     outputs = {name: call(name, models[name], images)() for name in MODELS}
     agreement = {
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     print_header()
     images = bench_images(args.images, tuple(args.size), args.seed)
     reference = torchvision_model(args)
-    randomise(reference, images, args.seed)
+    randomize(reference, images, args.seed)
     state_dict = reference.state_dict()
     models = build_models(args, state_dict, MODELS)
     agreement = check_same_outputs(args, models, images)

@@ -97,11 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @dataclass
 class Setup:
-    """One rung ready to train: its recipe, a freshly initialised model and loaded batches.
+    """One rung ready to train: its recipe, a freshly initialized model and loaded batches.
 
     Attributes:
         config: the task's training recipe (``make_train_config``).
-        model: the model in training mode, weights as ``build_model`` initialised them.
+        model: the model in training mode, weights as ``build_model`` initialized them.
         loader: the trainer's loader over ``num_batches`` batches of the augmented data.
         batches: ``(images, targets)`` as ``loader`` yields them.
         first_load_seconds: each batch's first load (rendered, unless this process rendered

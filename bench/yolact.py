@@ -14,7 +14,7 @@ score threshold (0.05); the table prints the detections per image (both models k
 maximum of 100) and the (candidate, class) pairs that enter NMS, so the reader sees that the
 comparison is fair. Each model runs as built and as
 :func:`pansight.models.fuse.optimize_for_inference`'s copy (batch norms folded, channels-last);
-the optimised copies are used for the ``result:`` ratio when their network outputs match the
+the optimized copies are used for the ``result:`` ratio when their network outputs match the
 plain models' within float rounding for both models, otherwise the plain models are (the line
 before ``result:`` names the path). After ``--warmup`` calls each, the four models run
 alternately ``--runs`` times on the same batch; the medians per image are compared.
@@ -62,7 +62,7 @@ from pansight.structures import ImageBatch
 YOLACT, MASK_RCNN = "yolact_r50", "mask_rcnn_r50_fpn"
 NUM_CLASSES = len(coco_80_class_names())
 """COCO's 80 classes: the class names of both models and the classes of the NMS candidates."""
-OPTIMISED = " optimised"
+OptimizED = " optimized"
 """Suffix of the name of a model's :func:`optimize_for_inference` copy."""
 
 SPREADS: dict[str, dict[str, tuple[float, float]]] = {
@@ -117,7 +117,7 @@ def bench_images(count: int, size: tuple[int, int], seed: int) -> list[Tensor]:
 
 
 @torch.no_grad()
-def randomise(name: str, model: PansightModel, images: list[Tensor], seed: int) -> None:
+def randomize(name: str, model: PansightModel, images: list[Tensor], seed: int) -> None:
     """The bench's random weights for zoo model ``name`` (see the module docstring):
     batch-norm statistics of ``images``, random batch-norm affine maps, and the head layers of
     ``SPREADS[name]`` scaled to their output spread on ``images``."""
@@ -162,13 +162,13 @@ def layer_outputs(model: nn.Module, batch: ImageBatch, names: list[str]) -> dict
 
 
 def build_models(images: list[Tensor], seed: int) -> dict[str, PansightModel]:
-    """Both zoo models with the bench's random weights, and their optimised copies."""
+    """Both zoo models with the bench's random weights, and their optimized copies."""
     models: dict[str, PansightModel] = {}
     for name in (YOLACT, MASK_RCNN):
         model = build_model(name, coco_80_class_names()).eval()
-        randomise(name, model, images, seed)
+        randomize(name, model, images, seed)
         models[name] = model
-        models[name + OPTIMISED] = optimize_for_inference(model)
+        models[name + OptimizED] = optimize_for_inference(model)
     return models
 
 
@@ -176,11 +176,11 @@ def build_models(images: list[Tensor], seed: int) -> dict[str, PansightModel]:
 
 
 @torch.inference_mode()
-def yolact_agreement(plain: Yolact, optimised: Yolact, images: list[Tensor]) -> tuple[float, str]:
+def yolact_agreement(plain: Yolact, optimized: Yolact, images: list[Tensor]) -> tuple[float, str]:
     """Largest relative difference ``max |a - b| / max |a|`` between the raw outputs of two
     YOLACTs on the same batch, and the output it is in."""
     batch, _ = plain.preprocess(images)
-    expected, got = plain(batch), optimised(batch)
+    expected, got = plain(batch), optimized(batch)
     differences = {}
     for field in ("box_deltas", "class_logits", "mask_coefficients", "prototypes"):
         reference = getattr(expected, field)
@@ -217,19 +217,19 @@ class ModelChecks:
     """What the latency table shows besides the times.
 
     Attributes:
-        detections: per model (optimised copies too), the detections of each image.
+        detections: per model (optimized copies too), the detections of each image.
         input_sizes: per zoo model, ``HxW`` of its network input.
         nms_inputs: per zoo model, the (candidate, class) pairs entering NMS in each image.
         agreement: per zoo model, the largest relative difference between the network outputs
-            of its optimised copy and its own, and the output it is in.
-        optimised: whether both optimised copies agree within :data:`MAX_RELATIVE_DIFF`.
+            of its optimized copy and its own, and the output it is in.
+        optimized: whether both optimized copies agree within :data:`MAX_RELATIVE_DIFF`.
     """
 
     detections: dict[str, list[int]]
     input_sizes: dict[str, str]
     nms_inputs: dict[str, list[int]]
     agreement: dict[str, tuple[float, str]]
-    optimised: bool
+    optimized: bool
 
 
 def check_models(models: dict[str, PansightModel], images: list[Tensor]) -> ModelChecks:
@@ -238,15 +238,15 @@ def check_models(models: dict[str, PansightModel], images: list[Tensor]) -> Mode
         name: [len(r.boxes) for r in model.predict(images)] for name, model in models.items()
     }
     agreement = {
-        YOLACT: yolact_agreement(models[YOLACT], models[YOLACT + OPTIMISED], images),
-        MASK_RCNN: network_agreement(models[MASK_RCNN], models[MASK_RCNN + OPTIMISED], images),
+        YOLACT: yolact_agreement(models[YOLACT], models[YOLACT + OptimizED], images),
+        MASK_RCNN: network_agreement(models[MASK_RCNN], models[MASK_RCNN + OptimizED], images),
     }
     return ModelChecks(
         detections=detections,
         input_sizes={name: input_size(models[name], images) for name in agreement},
         nms_inputs={name: nms_inputs_per_image(models[name], images) for name in agreement},
         agreement=agreement,
-        optimised=all(diff <= MAX_RELATIVE_DIFF for diff, _ in agreement.values()),
+        optimized=all(diff <= MAX_RELATIVE_DIFF for diff, _ in agreement.values()),
     )
 
 
@@ -257,14 +257,14 @@ def nms_candidates(args: argparse.Namespace, generator: torch.Generator) -> tupl
     """One candidate set: ``(N, 4)`` xyxy boxes in a :data:`NMS_FRAME` square and ``(C, N)``
     scores in ``[0, 1)``.
 
-    ``--nms-objects`` objects get random centres, sides between :data:`OBJECT_SIDES` pixels
-    (log-uniform) and a class each. Every candidate copies a random object, its centre moved by
+    ``--nms-objects`` objects get random centers, sides between :data:`OBJECT_SIDES` pixels
+    (log-uniform) and a class each. Every candidate copies a random object, its center moved by
     ``N(0, jitter)`` times the object's sides and its sides scaled by ``exp(N(0, 2 jitter))``
     (``--nms-jitter``). Scores are ``U(0, 0.3)``, plus ``U(0, 0.7)`` for the copied object's
     class.
     """
     objects, candidates, jitter = args.nms_objects, args.nms_candidates, args.nms_jitter
-    centres = torch.rand(objects, 2, generator=generator) * NMS_FRAME
+    centers = torch.rand(objects, 2, generator=generator) * NMS_FRAME
     low, high = (math.log(side) for side in OBJECT_SIDES)
     sides = torch.empty(objects, 2).uniform_(low, high, generator=generator).exp()
     classes = torch.randint(NUM_CLASSES, (objects,), generator=generator)
@@ -272,7 +272,7 @@ def nms_candidates(args: argparse.Namespace, generator: torch.Generator) -> tupl
     shift = jitter * torch.randn(candidates, 2, generator=generator) * sides[owner]
     scale = (2 * jitter * torch.randn(candidates, 2, generator=generator)).exp()
     boxes = box_convert(
-        torch.cat([centres[owner] + shift, sides[owner] * scale], dim=1), "cxcywh", "xyxy"
+        torch.cat([centers[owner] + shift, sides[owner] * scale], dim=1), "cxcywh", "xyxy"
     )
     scores = 0.3 * torch.rand(NUM_CLASSES, candidates, generator=generator)
     own_class = torch.zeros(NUM_CLASSES, candidates, dtype=torch.bool)
@@ -368,7 +368,7 @@ def print_latency(checks: ModelChecks, per_image: dict[str, list[float]]) -> flo
     """Print the agreement lines and the latency table; return the ``result:`` latency ratio."""
     for name, (difference, worst) in checks.agreement.items():
         print(
-            f"{name}{OPTIMISED} vs {name}, network outputs: largest relative difference "
+            f"{name}{OptimizED} vs {name}, network outputs: largest relative difference "
             f"{difference:.1e} ({worst})"
         )
     medians = {name: statistics.median(values) for name, values in per_image.items()}
@@ -377,16 +377,16 @@ def print_latency(checks: ModelChecks, per_image: dict[str, list[float]]) -> flo
         f"{'vs mask_rcnn':>13} {'detections/img':>15} {'NMS pairs/img':>14}"
     )
     for name in per_image:
-        base = name.removesuffix(OPTIMISED)
+        base = name.removesuffix(OptimizED)
         reference = MASK_RCNN + name.removeprefix(base)
         print(
             f"{name:<28} {checks.input_sizes[base]:>10} {1000 * medians[name]:>14.0f} "
             f"{1000 * min(per_image[name]):>11.0f} {medians[name] / medians[reference]:>13.3f} "
             f"{spread(checks.detections[name]):>15} {spread(checks.nms_inputs[base]):>14}"
         )
-    print("(vs mask_rcnn: over the Mask R-CNN of the same path, plain or optimised)")
-    suffix = OPTIMISED if checks.optimised else ""
-    path = "optimize_for_inference copies" if checks.optimised else "plain models"
+    print("(vs mask_rcnn: over the Mask R-CNN of the same path, plain or optimized)")
+    suffix = OptimizED if checks.optimized else ""
+    path = "optimize_for_inference copies" if checks.optimized else "plain models"
     print(f"result path: {path} of both ({YOLACT}{suffix} / {MASK_RCNN}{suffix})")
     return medians[YOLACT + suffix] / medians[MASK_RCNN + suffix]
 

@@ -44,7 +44,7 @@ from collections import defaultdict
 import torch
 from timing import print_header
 from torch import Tensor
-from yolact import YOLACT, randomise
+from yolact import YOLACT, randomize
 
 from pansight.data.shapes_video import ShapesVideoDataset, render_clip
 from pansight.engine.video_evaluator import evaluate_video
@@ -89,10 +89,10 @@ def build_pair(
     name: str, frames: list[Tensor], seed: int, with_spa: bool = True
 ) -> tuple[Yolact, YolactEdge]:
     """YOLACT and YolactEdge (zoo ``name``, SPA as ``with_spa`` says) with the same random
-    weights, both optimised."""
+    weights, both optimized."""
     class_names = coco_80_class_names()
     edge = build_model(name, class_names, {"with_spa": with_spa}).eval()
-    randomise(YOLACT, edge, frames[:2], seed)
+    randomize(YOLACT, edge, frames[:2], seed)
     identity_transfer(edge)
     plain = build_model(YOLACT, class_names, {"backbone": edge.config.backbone}).eval()
     shared = {k: v for k, v in edge.state_dict().items() if not k.startswith(FLOW_PREFIXES)}

@@ -1,7 +1,7 @@
 """Fixtures shared by the test suite, and the seed sweep of the training tests.
 
 A test that trains and asserts what was learned takes the ``seed`` fixture (0 by default) to
-seed its model's initialisation and its data, and carries the ``training`` marker.
+seed its model's initialization and its data, and carries the ``training`` marker.
 ``pytest -m "training and not slow" --training-seeds N`` reruns those of the default suite for
 seeds ``0 .. N-1`` (``-m training`` alone also takes the slow ones), which shows whether a bound
 holds with margin or only for the one seed the default suite uses.
@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def seed() -> int:
-    """The seed of a training test's model initialisation and data (see the module docstring)."""
+    """The seed of a training test's model initialization and data (see the module docstring)."""
     return 0
 
 

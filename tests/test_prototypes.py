@@ -90,7 +90,7 @@ def composition_of(coefficients: list[list[float]]) -> tuple[Detections, MaskCom
     return detections, MaskComposition(prototypes, torch.tensor(coefficients), boxes)
 
 
-def colour_present(picture: torch.Tensor, color: tuple[int, int, int]) -> bool:
+def color_present(picture: torch.Tensor, color: tuple[int, int, int]) -> bool:
     return bool((picture == torch.tensor(color)[:, None, None]).all(dim=0).any())
 
 
@@ -100,10 +100,10 @@ def test_picture_shows_positive_and_negative_coefficients_and_grows_per_detectio
     one = draw_mask_composition(image, *positive, NAMES)
     assert one.dtype == torch.uint8 and one.shape[0] == 3
     assert one.shape[2] >= 4 * TILE_SIDE and one.shape[1] >= 2 * TILE_SIDE
-    assert colour_present(one, POSITIVE_COLOR) and not colour_present(one, NEGATIVE_COLOR)
+    assert color_present(one, POSITIVE_COLOR) and not color_present(one, NEGATIVE_COLOR)
     mixed = composition_of([[1.0, -0.5, 0.2, 0.1], [0.3, 0.3, -1.0, 0.0], [0.1] * 4])
     three = draw_mask_composition(image, *mixed, NAMES)
-    assert colour_present(three, NEGATIVE_COLOR)
+    assert color_present(three, NEGATIVE_COLOR)
     assert three.shape[1] > one.shape[1] + 2 * (TILE_SIDE * 40 // 60)
     capped = draw_mask_composition(image, *mixed, NAMES, max_detections=1)
     assert capped.shape[1] == one.shape[1]

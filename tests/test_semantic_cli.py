@@ -33,7 +33,7 @@ def test_eval_gives_the_semantic_metrics(trained, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
 
 
-def test_predict_writes_colour_map_label_png_and_channels(trained, tmp_path):
+def test_predict_writes_color_map_label_png_and_channels(trained, tmp_path):
     world = ShapesDataset(split="val", mode="multi", num_images=2, image_size=48)
     for i in range(2):
         write_image(world[i][0], tmp_path / "images" / f"img{i}.png")

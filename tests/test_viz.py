@@ -1,4 +1,4 @@
-"""Drawing results and ground truth: sizes, colours and where pixels change."""
+"""Drawing results and ground truth: sizes, colors and where pixels change."""
 
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ from pansight.viz import (
 )
 
 NAMES = ["circle", "square", "triangle"]
-GREY = 0.4
+GRAY = 0.4
 
 
-def grey_image(height: int = 64, width: int = 64) -> torch.Tensor:
-    return torch.full((3, height, width), GREY)
+def gray_image(height: int = 64, width: int = 64) -> torch.Tensor:
+    return torch.full((3, height, width), GRAY)
 
 
-def enlarged_grey(picture: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(picture, round(GREY * 255))
+def enlarged_gray(picture: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(picture, round(GRAY * 255))
 
 
 def scores(label: int) -> torch.Tensor:
@@ -51,16 +51,16 @@ def test_palette_is_fixed_and_distinct():
 
 
 def test_small_images_are_enlarged_by_a_whole_factor():
-    picture = draw_result(grey_image(64, 48), Classification(0, 0.9, scores(0)), NAMES)
+    picture = draw_result(gray_image(64, 48), Classification(0, 0.9, scores(0)), NAMES)
     factor = -(-MIN_DRAW_SIDE // 48)
     assert picture.dtype == torch.uint8 and picture.shape == (3, 64 * factor, 48 * factor)
-    large = draw_result(grey_image(200, 300), Classification(0, 0.9, scores(0)), NAMES)
+    large = draw_result(gray_image(200, 300), Classification(0, 0.9, scores(0)), NAMES)
     assert large.shape == (3, 200, 300)
 
 
 def test_classification_caption_sits_in_the_top_left_corner():
-    picture = draw_result(grey_image(), Classification(1, 0.75, scores(1)), NAMES)
-    changed = (picture != enlarged_grey(picture)).any(dim=0)
+    picture = draw_result(gray_image(), Classification(1, 0.75, scores(1)), NAMES)
+    changed = (picture != enlarged_gray(picture)).any(dim=0)
     rows, cols = changed.nonzero(as_tuple=True)
     assert rows.min() == 0 and cols.min() == 0
     assert rows.max() < 40 and cols.max() < picture.shape[-1] // 2
@@ -69,27 +69,27 @@ def test_classification_caption_sits_in_the_top_left_corner():
 
 def test_localization_box_is_drawn_where_the_box_is():
     box = torch.tensor([20.0, 30.0, 40.0, 50.0])  # original pixels; drawn 3x larger
-    picture = draw_result(grey_image(), Localization(2, 0.8, box, scores(2)), NAMES)
+    picture = draw_result(gray_image(), Localization(2, 0.8, box, scores(2)), NAMES)
     assert picture.shape == (3, 192, 192)
     assert tuple(picture[:, 120, 60].tolist()) == class_color(2)  # left edge, x = 3 * 20
     assert tuple(picture[:, 120, 120].tolist()) == class_color(2)  # right edge, x = 3 * 40
-    background = enlarged_grey(picture)
+    background = enlarged_gray(picture)
     assert torch.equal(picture[:, 100:140, 70:110], background[:, 100:140, 70:110])
     assert torch.equal(picture[:, 160:, :], background[:, 160:, :])
 
 
-def test_detection_masks_get_one_colour_per_instance():
+def test_detection_masks_get_one_color_per_instance():
     masks = torch.zeros(2, 64, 64, dtype=torch.bool)
     masks[0, 5:15, 5:15] = True
     masks[1, 40:60, 40:60] = True
     boxes = torch.tensor([[5.0, 5.0, 15.0, 15.0], [40.0, 40.0, 60.0, 60.0]])
     detections = Detections(boxes, torch.tensor([0.9, 0.8]), torch.tensor([1, 1]), masks)
-    picture = draw_result(grey_image(), detections, NAMES)
+    picture = draw_result(gray_image(), detections, NAMES)
     inside_first, inside_second = picture[:, 30, 30], picture[:, 150, 150]
-    grey = enlarged_grey(picture)[:, 0, 0]
-    assert not torch.equal(inside_first, grey) and not torch.equal(inside_second, grey)
+    gray = enlarged_gray(picture)[:, 0, 0]
+    assert not torch.equal(inside_first, gray) and not torch.equal(inside_second, gray)
     assert not torch.equal(inside_first, inside_second)
-    assert torch.equal(picture[:, 100, 100], grey)
+    assert torch.equal(picture[:, 100, 100], gray)
 
 
 def test_low_scoring_detections_are_left_out_of_pictures():
@@ -100,15 +100,15 @@ def test_low_scoring_detections_are_left_out_of_pictures():
     detections = Detections(boxes, torch.tensor([0.9, 0.1]), torch.tensor([1, 2]), masks)
     kept = detections.above(0.3)
     assert kept.labels.tolist() == [1] and torch.equal(kept.masks, masks[:1])
-    picture = draw_result(grey_image(), detections, NAMES)
-    grey = enlarged_grey(picture)[:, 0, 0]
-    assert not torch.equal(picture[:, 30, 30], grey)
-    assert torch.equal(picture[:, 150, 150], grey)
-    everything = draw_result(grey_image(), detections, NAMES, min_score=0.0)
-    assert not torch.equal(everything[:, 150, 150], grey)
+    picture = draw_result(gray_image(), detections, NAMES)
+    gray = enlarged_gray(picture)[:, 0, 0]
+    assert not torch.equal(picture[:, 30, 30], gray)
+    assert torch.equal(picture[:, 150, 150], gray)
+    everything = draw_result(gray_image(), detections, NAMES, min_score=0.0)
+    assert not torch.equal(everything[:, 150, 150], gray)
 
 
-def test_semantic_map_is_blended_with_class_colours_and_gets_a_legend():
+def test_semantic_map_is_blended_with_class_colors_and_gets_a_legend():
     labels = torch.zeros(64, 64, dtype=torch.int64)
     labels[:, 32:] = 2
     labels[:8, :8] = IGNORE_LABEL
@@ -123,7 +123,7 @@ def test_semantic_map_is_blended_with_class_colours_and_gets_a_legend():
     assert class_color(1) not in legend_colors
 
 
-def test_panoptic_things_of_one_class_get_different_colours():
+def test_panoptic_things_of_one_class_get_different_colors():
     ids = torch.zeros(64, 64, dtype=torch.int64)
     ids[:, :20], ids[:, 20:40], ids[:, 40:] = 1, 2, 3
     segments = [
@@ -149,7 +149,7 @@ def test_draw_target_draws_the_requested_ground_truth():
         labels=torch.tensor([1]),
         semantic=semantic,
     )
-    image = grey_image()
+    image = gray_image()
     drawn = draw_target(image, target, NAMES, task="semantic")
     assert torch.equal(drawn, draw_result(image, SemanticMap(semantic), NAMES))
     boxed = draw_target(image, target, NAMES)  # boxes present, no masks: drawn as detections
@@ -163,7 +163,7 @@ def test_mask_of_another_size_is_refused():
         torch.zeros(1, 4), torch.ones(1), torch.zeros(1, dtype=torch.int64), torch.ones(1, 8, 8) > 0
     )
     with pytest.raises(ValueError, match="Detections.masks has size"):
-        draw_result(grey_image(), detections, NAMES)
+        draw_result(gray_image(), detections, NAMES)
 
 
 def test_image_grid_pads_pictures_to_one_size():

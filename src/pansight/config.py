@@ -41,7 +41,7 @@ class DataConfig:
         num_train: for ``shapes``: number of training images.
         num_val: for ``shapes``: number of validation images.
         val_fraction: for ``digits``/``folder``: the held-out share.
-        augment: apply training augmentations (flips, colour jitter).
+        augment: apply training augmentations (flips, color jitter).
         seed: seed of the data (generation and splits).
     """
 

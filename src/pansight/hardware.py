@@ -39,7 +39,7 @@ class Processor:
         amx: it has AMX tiles (bf16 and int8 matrix units).
         vnni: it has AVX512-VNNI (int8 dot products that do not saturate).
         onednn_bf16: oneDNN runs bfloat16 kernels of its own on it (with the cap applied);
-            on AVX-512 without AVX512-BF16 these are emulated, but vectorised.
+            on AVX-512 without AVX512-BF16 these are emulated, but vectorized.
     """
 
     name: str

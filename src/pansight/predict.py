@@ -34,7 +34,7 @@ from pansight.viz import draw_result, image_grid, save_png
 from pansight.viz_prototypes import draw_mask_composition
 
 CHANNEL_TILE_SIDE = 96
-"""Score-channel tiles smaller than this are enlarged (nearest neighbour) so captions fit."""
+"""Score-channel tiles smaller than this are enlarged (nearest neighbor) so captions fit."""
 
 
 def find_images(inputs: list[Path]) -> list[Path]:
@@ -68,8 +68,8 @@ def predict_files(
 
     Semantic models also write ``<index>_<name>_labels.png`` (the class map, one label per
     pixel) and, with ``channels``, ``<index>_<name>_channels.png`` (each class's score channel
-    as a grey tile, white = probability 1). Panoptic models also write COCO panoptic
-    predictions: ``<index>_<name>_panoptic.png`` (segment ids as colours) per image and
+    as a gray tile, white = probability 1). Panoptic models also write COCO panoptic
+    predictions: ``<index>_<name>_panoptic.png`` (segment ids as colors) per image and
     ``panoptic.json`` (annotations with ``segments_info``, categories with ``isthing``; category
     id = label). YOLACT models, with ``prototypes``, also write
     ``<index>_<name>_prototypes.png`` (see :func:`pansight.viz_prototypes.draw_mask_composition`).
@@ -214,17 +214,17 @@ def write_semantic_files(
 
 
 def draw_score_channels(scores: Tensor, class_names: list[str], ncol: int = 5) -> Tensor:
-    """``(K, H, W)`` scores in ``[0, 1]`` as a grid of captioned grey tiles, ``ncol`` per row.
+    """``(K, H, W)`` scores in ``[0, 1]`` as a grid of captioned gray tiles, ``ncol`` per row.
 
     Returns:
         ``(3, H', W')`` uint8 picture.
     """
     factor = max(1, -(-CHANNEL_TILE_SIDE // min(scores.shape[-2:])))
-    grey = scores.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
-    grey = grey.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    gray = scores.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    gray = gray.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     font = ImageFont.load_default(size=12)
     tiles = []
-    for name, channel in zip(class_names, grey):
+    for name, channel in zip(class_names, gray):
         tile = Image.fromarray(channel.numpy()).convert("RGB")
         draw = ImageDraw.Draw(tile)
         right, bottom = draw.textbbox((2, 2), name, font=font)[2:]

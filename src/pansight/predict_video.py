@@ -98,7 +98,7 @@ def predict_clip(
     A YolactEdge (eager or ONNX) streams the frames through its ``predict_video_frame``
     (keyframes as its config says); other models predict ``batch_size`` frames at a time.
     Detections scoring at least :data:`~pansight.viz.DRAW_MIN_SCORE` are tracked and drawn
-    (one colour per track); the JSON holds every detection, ``track_id`` -1 for the untracked
+    (one color per track); the JSON holds every detection, ``track_id`` -1 for the untracked
     ones. ``fps`` sets the output frame rate (default: the clip's, else
     :data:`~pansight.video.DEFAULT_FPS`). Both files appear only once complete.
 

@@ -179,7 +179,7 @@ class Target:
     def resized(self, new_size: Size) -> Target:
         """This target mapped onto the same image resized to ``new_size`` ``(h, w)``.
 
-        Boxes are scaled; masks, semantic and panoptic maps use nearest-neighbour resizing.
+        Boxes are scaled; masks, semantic and panoptic maps use nearest-neighbor resizing.
         """
         (h, w), (nh, nw) = self.size, new_size
         if (h, w) == (nh, nw):
@@ -199,7 +199,7 @@ class Target:
 
 
 def _resize_nearest(maps: Tensor, size: Size) -> Tensor:
-    """Nearest-neighbour resize of ``(H, W)`` or ``(N, H, W)`` integer/bool maps."""
+    """Nearest-neighbor resize of ``(H, W)`` or ``(N, H, W)`` integer/bool maps."""
     batched = maps.unsqueeze(0) if maps.dim() == 2 else maps
     if batched.shape[0] == 0:
         return maps.new_zeros((0, *size))

@@ -1,8 +1,8 @@
-"""Pictures of results and ground truth: boxes, captions, masks, class colours, panoptic maps.
+"""Pictures of results and ground truth: boxes, captions, masks, class colors, panoptic maps.
 
 Every drawing function takes an image ``(3, H, W)`` float in ``[0, 1]`` and returns a new
 ``(3, H', W')`` uint8 picture. Small images are first enlarged by a whole factor (nearest
-neighbour) so that the short side is at least :data:`MIN_DRAW_SIDE` pixels and captions stay
+neighbor) so that the short side is at least :data:`MIN_DRAW_SIDE` pixels and captions stay
 readable; semantic and panoptic pictures also get a legend strip below the image.
 """
 
@@ -35,10 +35,10 @@ MIN_DRAW_SIDE = 192
 """Images whose short side is smaller are enlarged before drawing."""
 
 MASK_ALPHA = 0.5
-"""Opacity of masks and class-colour maps over the image."""
+"""Opacity of masks and class-color maps over the image."""
 
 VOID_COLOR: Color = (0, 0, 0)
-"""Colour of ignored / unassigned pixels in semantic and panoptic pictures."""
+"""Color of ignored / unassigned pixels in semantic and panoptic pictures."""
 
 _DISTINCT_COLORS: tuple[Color, ...] = (
     (230, 25, 75),
@@ -65,9 +65,9 @@ _DISTINCT_COLORS: tuple[Color, ...] = (
 
 
 def palette(num_colors: int) -> list[Color]:
-    """``num_colors`` fixed RGB colours: twenty hand-picked distinct ones, then golden-ratio hues.
+    """``num_colors`` fixed RGB colors: twenty hand-picked distinct ones, then golden-ratio hues.
 
-    Colour ``i`` is the same whatever ``num_colors`` is, so label ``i`` always has one colour.
+    Color ``i`` is the same whatever ``num_colors`` is, so label ``i`` always has one color.
     """
     colors = list(_DISTINCT_COLORS[:num_colors])
     golden_ratio = (math.sqrt(5) - 1) / 2
@@ -79,7 +79,7 @@ def palette(num_colors: int) -> list[Color]:
 
 
 def class_color(label: int) -> Color:
-    """The palette colour of contiguous label ``label``."""
+    """The palette color of contiguous label ``label``."""
     return palette(label + 1)[label]
 
 
@@ -93,9 +93,9 @@ def draw_result(
     """Draw a model's result (in original-image pixels) over its image ``(3, H, W)`` in [0, 1].
 
     Classification: a caption with the class and score. Localization: its box and caption.
-    Detections scoring at least ``min_score``: masks and boxes in one colour per instance (per
-    track id when present) with class-and-score captions. SemanticMap: class colours and a
-    legend. PanopticMap: one colour per segment (stuff in its class colour, things in shades of
+    Detections scoring at least ``min_score``: masks and boxes in one color per instance (per
+    track id when present) with class-and-score captions. SemanticMap: class colors and a
+    legend. PanopticMap: one color per segment (stuff in its class color, things in shades of
     it) and a legend.
 
     Returns:
@@ -190,7 +190,7 @@ def _draw_detections(
     show_scores: bool,
     by_class: bool,
 ) -> Tensor:
-    """Masks, boxes and captions; colours by class (``by_class``) or per instance/track."""
+    """Masks, boxes and captions; colors by class (``by_class``) or per instance/track."""
     if len(detections) == 0:
         return canvas
     labels = detections.labels.tolist()
@@ -215,7 +215,7 @@ def _draw_detections(
 def _draw_semantic(
     canvas: Tensor, factor: int, semantic: SemanticMap, class_names: list[str]
 ) -> Tensor:
-    """Class colours blended over the image, and a legend of the classes present."""
+    """Class colors blended over the image, and a legend of the classes present."""
     labels = _enlarge(semantic.labels.cpu(), factor)
     _check_size(labels.shape, canvas.shape[-2:], "SemanticMap.labels")
     lookup = torch.tensor(palette(IGNORE_LABEL) + [VOID_COLOR], dtype=torch.float32)
@@ -227,7 +227,7 @@ def _draw_semantic(
 def _draw_panoptic(
     canvas: Tensor, factor: int, panoptic: PanopticMap, class_names: list[str]
 ) -> Tensor:
-    """Each segment in its own colour blended over the image, and a legend of its classes."""
+    """Each segment in its own color blended over the image, and a legend of its classes."""
     ids = _enlarge(panoptic.ids.cpu(), factor)
     _check_size(ids.shape, canvas.shape[-2:], "PanopticMap.ids")
     colors = torch.tensor(VOID_COLOR, dtype=torch.float32).view(3, 1, 1).repeat(1, *ids.shape)
@@ -286,7 +286,7 @@ def _enlarged(image: Tensor) -> tuple[Tensor, int]:
 
 
 def _enlarge(maps: Tensor, factor: int) -> Tensor:
-    """Nearest-neighbour enlargement of the last two dimensions by ``factor``."""
+    """Nearest-neighbor enlargement of the last two dimensions by ``factor``."""
     return maps.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
@@ -322,7 +322,7 @@ def _font(canvas: Tensor) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _write_captions(
     canvas: Tensor, captions: list[tuple[tuple[float, float], str, Color]]
 ) -> Tensor:
-    """Write each ``(anchor xy, text, colour)`` on a filled label just above ``xy``.
+    """Write each ``(anchor xy, text, color)`` on a filled label just above ``xy``.
 
     The label sits below ``xy`` where there is no room above, and is kept inside the picture.
     """
@@ -340,7 +340,7 @@ def _write_captions(
 
 
 def _with_legend(canvas: Tensor, labels: list[int], class_names: list[str]) -> Tensor:
-    """``canvas`` with a white strip below it naming each label beside its colour swatch."""
+    """``canvas`` with a white strip below it naming each label beside its color swatch."""
     font = _font(canvas)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_height = measure.textbbox((0, 0), "Ag", font=font)[3] + 6

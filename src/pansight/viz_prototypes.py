@@ -3,7 +3,7 @@
 The picture of one image has two parts: the grid of its ``k`` prototype masks (each scaled to
 its own minimum..maximum, captioned with its index ``j``), then one row per detection (the
 highest scores first): the image with the detection's final mask and box in the detection's
-colour (the colour :func:`pansight.viz.draw_result` gives it), its ``k`` coefficients as bars
+color (the color :func:`pansight.viz.draw_result` gives it), its ``k`` coefficients as bars
 (blue above the zero line for positive, red below for negative, full height = 1), and its
 assembled mask probabilities ``sigmoid(sum_j c_j P_j)`` cropped to its box (white = 1).
 
@@ -122,18 +122,18 @@ def _resized(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return resized[0]
 
 
-def _grey(maps: Tensor) -> Tensor:
-    """``(h, w)`` float in ``[0, 1]`` -> ``(3, h, w)`` uint8 grey picture."""
+def _gray(maps: Tensor) -> Tensor:
+    """``(h, w)`` float in ``[0, 1]`` -> ``(3, h, w)`` uint8 gray picture."""
     return maps.clamp(0, 1).mul(255).round().to(torch.uint8).expand(3, -1, -1).contiguous()
 
 
 def _prototype_grid(prototypes: Tensor, tile_size: tuple[int, int]) -> Tensor:
-    """``(k, Hp, Wp)`` prototypes as captioned grey tiles, :data:`PROTOTYPES_PER_ROW` a row."""
+    """``(k, Hp, Wp)`` prototypes as captioned gray tiles, :data:`PROTOTYPES_PER_ROW` a row."""
     flat = prototypes.flatten(1)
     low, high = flat.min(dim=1).values, flat.max(dim=1).values
     spread = (high - low).clamp(min=1e-12)[:, None, None]
     scaled = _resized((prototypes - low[:, None, None]) / spread, tile_size)
-    tiles = [_stamp(_grey(tile), str(j), (200, 30, 30)) for j, tile in enumerate(scaled)]
+    tiles = [_stamp(_gray(tile), str(j), (200, 30, 30)) for j, tile in enumerate(scaled)]
     return image_grid(tiles, ncol=min(PROTOTYPES_PER_ROW, len(tiles)))
 
 
@@ -156,8 +156,8 @@ def _detection_tile(
 def _assembled_tile(
     probabilities: Tensor, box: Tensor, color: Color, tile_size: tuple[int, int]
 ) -> Tensor:
-    """``(Hp, Wp)`` mask probabilities as a grey tile with the relative xyxy ``box`` outlined."""
-    tile = _grey(_resized(probabilities[None], tile_size)[0])
+    """``(Hp, Wp)`` mask probabilities as a gray tile with the relative xyxy ``box`` outlined."""
+    tile = _gray(_resized(probabilities[None], tile_size)[0])
     corners = box.clamp(0, 1) * torch.tensor([tile_size[1], tile_size[0]] * 2)
     x0, x1 = sorted((float(corners[0]), float(corners[2])))
     y0, y1 = sorted((float(corners[1]), float(corners[3])))

@@ -201,7 +201,7 @@ def test_maps_of_different_sizes_are_named(tmp_path):
         evaluate_panoptic_files(gt_json, gt_dir, pred_json, pred_dir)
 
 
-def test_id_colour_encoding_round_trips():
+def test_id_color_encoding_round_trips():
     ids = np.array([[0, 1, 255], [256, 65536, 256**3 - 1]])
     png = Image.fromarray(id_to_rgb(ids))
     assert np.array_equal(rgb_to_id(np.asarray(png)), ids)

@@ -82,7 +82,7 @@ def test_a_value_beyond_the_class_count_names_the_file(tmp_path):
         dataset[1]
 
 
-def test_colour_label_pngs_are_refused(tmp_path):
+def test_color_label_pngs_are_refused(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png")
     with pytest.raises(DataError, match="rgb.png: label PNG has mode 'RGB'"):
         read_label_png(tmp_path / "rgb.png", num_classes=3)

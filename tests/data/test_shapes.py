@@ -43,9 +43,9 @@ def assert_consistent(image, target):
         rows, cols = np.nonzero(mask.numpy())
         tight = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
         assert box.tolist() == pytest.approx(tight)
-        colour = pixels[mask.flatten()][0]
-        same_colour = (pixels == colour).all(1).reshape(height, width)
-        assert torch.equal(same_colour, mask), "a thing's pixels are exactly its mask"
+        color = pixels[mask.flatten()][0]
+        same_color = (pixels == color).all(1).reshape(height, width)
+        assert torch.equal(same_color, mask), "a thing's pixels are exactly its mask"
     things_anywhere = masks.any(0)
     stuff = target.semantic[~things_anywhere]
     assert (stuff >= len(THING_CLASSES)).all() and (stuff < len(ALL_CLASSES)).all()
@@ -178,13 +178,13 @@ def test_clip_frames_are_consistent_and_deterministic():
         assert torch.equal(first[1].track_ids, second[1].track_ids)
 
 
-def test_tracks_keep_their_class_and_colour_across_frames():
+def test_tracks_keep_their_class_and_color_across_frames():
     for index in range(6):
         tracks = {}
         for image, target in render_clip(index, num_frames=8, image_size=64):
             for track, label, mask in zip(target.track_ids, target.labels, target.masks):
-                colour = tuple(image[:, mask][:, 0].tolist())
-                tracks.setdefault(int(track), set()).add((int(label), colour))
+                color = tuple(image[:, mask][:, 0].tolist())
+                tracks.setdefault(int(track), set()).add((int(label), color))
         assert all(len(appearances) == 1 for appearances in tracks.values())
 
 
@@ -192,12 +192,12 @@ def test_things_move_smoothly_and_may_leave_the_picture():
     steps, left = [], 0
     for index in range(6):
         clip = render_clip(index, num_frames=40, image_size=64, max_objects=1)
-        centres = [
+        centers = [
             ((target.boxes[0, :2] + target.boxes[0, 2:]) / 2) if len(target.labels) else None
             for _, target in clip
         ]
-        left += any(centre is None for centre in centres)
-        for before, after in zip(centres, centres[1:]):
+        left += any(center is None for center in centers)
+        for before, after in zip(centers, centers[1:]):
             if before is not None and after is not None:
                 steps.append(float((after - before).norm()))
     assert max(steps) <= 0.1 * 64

@@ -64,7 +64,7 @@ def test_horizontal_flip_moves_box_and_mask_together():
 
 def test_crop_that_removes_an_object_drops_it_from_every_instance_field():
     image, target = two_object_sample()
-    # The centre 10x10 crop keeps rows/cols 5..14: object 0 is gone, object 1 is cut.
+    # The center 10x10 crop keeps rows/cols 5..14: object 0 is gone, object 1 is cut.
     cropped_image, cropped = apply_transform(v2.CenterCrop(10), image, target)
     assert cropped_image.shape == (3, 10, 10) and cropped.size == (10, 10)
     assert torch.equal(cropped_image, image[:, 5:15, 5:15])

@@ -20,7 +20,7 @@ from pansight.structures import ImageBatch, Target
 CLASS_NAMES = ["a", "b", "c", "d"]
 
 
-def randomise_batch_norms(model: nn.Module, seed: int) -> None:
+def randomize_batch_norms(model: nn.Module, seed: int) -> None:
     """Give every batch norm random affine parameters and running statistics."""
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -50,7 +50,7 @@ def test_body_parameter_names_match_torchvision():
 def test_torchvision_import_reproduces_torchvision_logits():
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(weights=None, num_classes=len(CLASS_NAMES))
-    randomise_batch_norms(reference, seed=1)
+    randomize_batch_norms(reference, seed=1)
     model = Classifier(ClassifierConfig(), CLASS_NAMES)
     assert import_torchvision_resnet(model, reference.state_dict()) == []
     reference.eval()
@@ -117,7 +117,7 @@ def test_preprocess_keeps_a_constant_image_constant():
     torch.testing.assert_close(batch.tensor, torch.full((1, 3, 32, 32), 0.25))
 
 
-def test_preprocess_rejects_a_grey_image():
+def test_preprocess_rejects_a_gray_image():
     model = Classifier(ClassifierConfig(input_size=32), CLASS_NAMES)
     with pytest.raises(DataError, match=r"image 0 has shape \(1, 8, 8\)"):
         model.preprocess([torch.rand(1, 8, 8)])

@@ -31,7 +31,7 @@ ZOO = [
 
 
 def make_sample(label: int, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, Target]:
-    """A grey noisy image with one square of the label's colour, and its full target."""
+    """A gray noisy image with one square of the label's color, and its full target."""
     generator = torch.Generator().manual_seed(seed)
     height, width = size
     image = (0.5 + 0.05 * torch.randn(3, height, width, generator=generator)).clamp(0, 1)

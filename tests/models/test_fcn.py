@@ -25,7 +25,7 @@ SKIP_NAMES = ("fcn32s_r18", "fcn16s_r18", "fcn8s_r18")
 
 
 def make_sample(seed: int, size: tuple[int, int] = (64, 64)) -> tuple[torch.Tensor, Target]:
-    """A grey image with a red and a blue rectangle, and its semantic map (labels 0, 1, 2)."""
+    """A gray image with a red and a blue rectangle, and its semantic map (labels 0, 1, 2)."""
     generator = torch.Generator().manual_seed(seed)
     height, width = size
     semantic = torch.zeros(size, dtype=torch.int64)
@@ -43,7 +43,7 @@ def build(name: str, seed: int = 0, input_size: int = 64):
     return zoo.build_model(name, CLASS_NAMES, {"input_size": str(input_size)})
 
 
-def randomise_batch_norms(model: torch.nn.Module) -> None:
+def randomize_batch_norms(model: torch.nn.Module) -> None:
     """Non-trivial running statistics and affine parameters, so parity tests see them."""
     generator = torch.Generator().manual_seed(7)
     for module in model.modules():
@@ -60,7 +60,7 @@ def test_logits_match_torchvision_with_the_same_weights(aux):
     torch.manual_seed(0)
     reference = fcn_resnet50(weights=None, weights_backbone=None, aux_loss=aux, num_classes=5)
     reference.eval()
-    randomise_batch_norms(reference)
+    randomize_batch_norms(reference)
     config = FCNConfig(backbone="resnet50", head="dilated", aux_head=aux, input_size=64)
     model = FCN(config, [f"c{i}" for i in range(5)]).eval()
     assert import_torchvision_fcn(model, reference.state_dict()) == []
@@ -78,7 +78,7 @@ def test_logits_match_torchvision_with_the_same_weights(aux):
 
 def test_resnet101_file_loads_through_the_zoo_and_matches(tmp_path):
     reference = fcn_resnet101(weights=None, weights_backbone=None, aux_loss=True, num_classes=3)
-    randomise_batch_norms(reference)
+    randomize_batch_norms(reference)
     path = tmp_path / "fcn_resnet101.pth"
     torch.save(reference.eval().state_dict(), path)
     model = zoo.build_model("fcn_resnet101", CLASS_NAMES, {"torchvision_weights": str(path)})
@@ -153,7 +153,7 @@ def test_skip_scores_start_at_zero_and_learn():
     assert model.body.conv1.weight.grad.abs().sum() > 0
 
 
-def test_loss_is_cross_entropy_over_labelled_pixels():
+def test_loss_is_cross_entropy_over_labeled_pixels():
     logits = torch.randn(2, 3, 4, 5, requires_grad=True)
     labels = torch.randint(0, 3, (2, 4, 5))
     labels[0, :2] = IGNORE_LABEL
@@ -232,13 +232,13 @@ def test_fcn8s_overfits_one_batch():
 
 def test_inference_copy_folds_every_batch_norm_and_keeps_the_scores():
     model = FCN(FCNConfig(backbone="resnet50", head="dilated", aux_head=True), CLASS_NAMES)
-    randomise_batch_norms(model)
+    randomize_batch_norms(model)
     model.eval()
-    optimised = optimize_for_inference(model)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimised.modules())
+    optimized = optimize_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in optimized.modules())
     batch = ImageBatch.from_images([torch.rand(3, 48, 64)])
     with torch.no_grad():
-        expected, outputs = model(batch), optimised(batch)
+        expected, outputs = model(batch), optimized(batch)
     for got, wanted in (
         (outputs.logits, expected.logits),
         (outputs.aux_logits, expected.aux_logits),

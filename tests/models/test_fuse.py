@@ -12,7 +12,7 @@ TOLERANCE = 1e-5
 """Largest difference allowed, relative to the largest output value."""
 
 
-def _randomise_norms(model: nn.Module, seed: int = 0) -> None:
+def _randomize_norms(model: nn.Module, seed: int = 0) -> None:
     """Eval statistics and affine parameters far from a norm's identity defaults."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -97,7 +97,7 @@ def test_pairs_follow_the_data_not_the_registration_order():
 def test_folded_modules_compute_the_same(module_cls):
     torch.manual_seed(0)
     module = module_cls()
-    _randomise_norms(module)
+    _randomize_norms(module)
     module.eval()
     images = torch.randn(2, 3, 16, 16)
     folded = fold_batch_norms(module)
@@ -107,7 +107,7 @@ def test_folded_modules_compute_the_same(module_cls):
 def test_untraceable_parent_folds_its_children():
     torch.manual_seed(0)
     module = Untraceable()
-    _randomise_norms(module)
+    _randomize_norms(module)
     images = [torch.randn(1, 3, 16, 16), torch.randn(1, 3, 8, 24)]
     folded = fold_batch_norms(module)
     assert isinstance(folded.block[1], nn.Identity)
@@ -120,7 +120,7 @@ def _small_rcnn(**overrides) -> MaskRCNN:
     config = RCNNConfig(backbone="resnet18", **sizes, **overrides)
     torch.manual_seed(0)
     model = MaskRCNN(config, ["a", "b", "c"])
-    _randomise_norms(model)
+    _randomize_norms(model)
     return model.eval()
 
 
@@ -145,17 +145,17 @@ def _network_outputs(model: MaskRCNN, batch, proposals) -> dict[str, torch.Tenso
     [{}, {"fpn_norm": True, "head_norm": True, "box_head": "conv_fc", "rpn_conv_depth": 2}],
     ids=["v1", "v2"],
 )
-def test_optimised_rcnn_computes_the_same(overrides):
+def test_optimized_rcnn_computes_the_same(overrides):
     """Folded and channels-last, the R-CNN's every network output (same input, same RoIs)
     matches the original's; the original keeps its norms, its state dict and training mode."""
     model = _small_rcnn(**overrides)
     state = {key: value.clone() for key, value in model.state_dict().items()}
     norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    optimised = optimize_for_inference(model)
+    optimized = optimize_for_inference(model)
 
     assert len(conv_norm_pairs(model)) == norms
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimised.modules())
-    assert optimised.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    assert optimized.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
 
@@ -168,7 +168,7 @@ def test_optimised_rcnn_computes_the_same(overrides):
     with torch.no_grad():
         proposals = model(batch).proposals
         expected = _network_outputs(model, batch, proposals)
-        got = _network_outputs(optimised, batch, proposals)
+        got = _network_outputs(optimized, batch, proposals)
     for name, value in expected.items():
         _assert_close(got[name], value)
 

@@ -29,7 +29,7 @@ def test_grid_head_averages_cell_boxes_by_objectness():
     torch.nn.init.zeros_(head.cell_boxes.weight)
     torch.nn.init.zeros_(head.objectness.bias)
     torch.nn.init.zeros_(head.cell_boxes.bias)
-    # Equal objectness and centred offsets: the mean of the 2x2 cell centres is the frame centre;
+    # Equal objectness and centered offsets: the mean of the 2x2 cell centers is the frame center;
     # sigmoid(0) = 0.5 makes every width and height half the frame.
     boxes = head(torch.rand(3, 8, 2, 2))
     torch.testing.assert_close(boxes, torch.full((3, 4), 0.5))
@@ -43,7 +43,7 @@ def test_grid_head_follows_the_most_object_like_cell():
     torch.nn.init.zeros_(head.cell_boxes.weight)
     torch.nn.init.zeros_(head.cell_boxes.bias)
     features = torch.zeros(1, 1, 4, 4)
-    features[0, 0, 3, 1] = 1.0  # row 3, column 1 of a 4x4 grid: centre (1.5 / 4, 3.5 / 4)
+    features[0, 0, 3, 1] = 1.0  # row 3, column 1 of a 4x4 grid: center (1.5 / 4, 3.5 / 4)
     torch.testing.assert_close(head(features), torch.tensor([[0.375, 0.875, 0.5, 0.5]]))
 
 
@@ -57,8 +57,8 @@ def test_forward_gives_logits_and_valid_input_frame_boxes():
         outputs.boxes[:, 3] - outputs.boxes[:, 1],
     )
     assert (width >= 0).all() and (height >= 0).all()
-    centres = (outputs.boxes[:, :2] + outputs.boxes[:, 2:]) / 2
-    assert ((centres >= 0) & (centres <= 32)).all()
+    centers = (outputs.boxes[:, :2] + outputs.boxes[:, 2:]) / 2
+    assert ((centers >= 0) & (centers <= 32)).all()
 
 
 def test_postprocess_maps_boxes_to_original_pixels_and_clips_them():
@@ -87,7 +87,7 @@ def test_box_losses_vanish_for_a_perfect_box_and_match_giou_otherwise():
     assert shifted["box_giou"].item() == pytest.approx(2.0 * (1 - 0.6), abs=1e-5)
     reference = generalized_box_iou_loss(shifted_box / 32, target_box[None] / 32, reduction="mean")
     assert shifted["box_giou"].item() == pytest.approx(2.0 * reference.item(), abs=1e-6)
-    # The centre moves by 4 / 32 = 0.125 > beta: smooth-L1 = (0.125 - beta / 2) / 4 coordinates.
+    # The center moves by 4 / 32 = 0.125 > beta: smooth-L1 = (0.125 - beta / 2) / 4 coordinates.
     assert shifted["box_l1"].item() == pytest.approx(5.0 * (0.125 - 0.025) / 4, abs=1e-6)
 
 

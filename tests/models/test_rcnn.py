@@ -60,7 +60,7 @@ def test_training_step_is_finite(model_cls):
     )
     assert set(losses) == expected
     assert all(torch.isfinite(value) for value in losses.values())
-    assert (outputs.roi_labels > 0).any()
+    assert (outputs.training_targets.roi_labels > 0).any()
     sum(losses.values()).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -59,7 +59,7 @@ def _images_at_input_size():
     return _images([(MIN_SIZE, MAX_SIZE), (184, MIN_SIZE)])
 
 
-def _randomised_torchvision(builder, images, sizes=SIZES):
+def _randomized_torchvision(builder, images, sizes=SIZES):
     """A torchvision detector in eval mode whose random weights keep activations near unit
     scale and make every weight matter.
 
@@ -129,8 +129,8 @@ def _assert_same_detections(reference, ours, with_masks):
             assert _mask_iou(expected["masks"][:, 0] > 0.5, got.masks).min() >= 0.99
 
 
-def _normalised_inside(model, batch):
-    """The batch as the network sees it: normalised, zero in the padding."""
+def _normalized_inside(model, batch):
+    """The batch as the network sees it: normalized, zero in the padding."""
     inside = torch.zeros_like(batch.tensor, dtype=torch.bool)
     for index, (height, width) in enumerate(batch.image_sizes):
         inside[index, :, :height, :width] = True
@@ -138,8 +138,8 @@ def _normalised_inside(model, batch):
 
 
 def test_preprocessing_matches_torchvision():
-    """The resized, padded, normalised input equals torchvision's to float rounding (ours
-    normalises after resizing, torchvision before; the two agree to a few ulp)."""
+    """The resized, padded, normalized input equals torchvision's to float rounding (ours
+    normalizes after resizing, torchvision before; the two agree to a few ulp)."""
     transform = GeneralizedRCNNTransform(MIN_SIZE, MAX_SIZE, IMAGENET_MEAN, IMAGENET_STD).eval()
     images = _images_to_resize()
     expected, _ = transform(images)
@@ -148,7 +148,7 @@ def test_preprocessing_matches_torchvision():
     assert batch.image_sizes == expected.image_sizes == [(128, 192), (184, 128)]
     assert batch.tensor.shape == expected.tensors.shape == (2, 3, 192, 192)
     torch.testing.assert_close(
-        _normalised_inside(model, batch), expected.tensors, atol=2e-6, rtol=0
+        _normalized_inside(model, batch), expected.tensors, atol=2e-6, rtol=0
     )
 
 
@@ -176,7 +176,7 @@ def test_square_preprocessing_matches_torchvision():
     assert batch.image_sizes == expected.image_sizes == [(128, 192), (192, 132), (192, 160)]
     assert batch.tensor.shape == expected.tensors.shape == (3, 3, SQUARE, SQUARE)
     torch.testing.assert_close(
-        _normalised_inside(model, batch), expected.tensors, atol=2e-6, rtol=0
+        _normalized_inside(model, batch), expected.tensors, atol=2e-6, rtol=0
     )
     for got, want in zip(input_targets, expected_targets):
         torch.testing.assert_close(got.boxes, want["boxes"], atol=1e-4, rtol=0)
@@ -195,7 +195,7 @@ def test_parity_with_torchvision(with_masks, v2):
     network amplifies to ~1e-3 px in the boxes.
     """
     images = _images_at_input_size()
-    reference_model = _randomised_torchvision(TORCHVISION_BUILDERS[with_masks, v2], images)
+    reference_model = _randomized_torchvision(TORCHVISION_BUILDERS[with_masks, v2], images)
     model = _pansight_twin(reference_model, with_masks, v2)
     with torch.no_grad():
         reference = reference_model(images)
@@ -209,7 +209,7 @@ def test_square_parity_with_torchvision():
     images = _images([(96, SQUARE), (128, SQUARE)])
     top_n = {"rpn_post_nms_top_n_test": SIZES["rpn_post_nms_top_n_test"]}
     torchvision_sizes = {"min_size": SQUARE, "max_size": SQUARE, **top_n}
-    reference_model = _randomised_torchvision(fasterrcnn_resnet50_fpn, images, torchvision_sizes)
+    reference_model = _randomized_torchvision(fasterrcnn_resnet50_fpn, images, torchvision_sizes)
     reference_model.transform.size_divisible = SQUARE
     square = {"preprocessing": "square", "square_size": SQUARE, **top_n}
     model = _pansight_twin(reference_model, False, False, square)

@@ -68,12 +68,12 @@ class ColourNet(PansightModel):
 
 
 @pytest.fixture
-def colour_family():
+def color_family():
     family = registry.register(
         registry.Family(
-            name="colour_net",
+            name="color_net",
             models={
-                "colour_net": registry.ModelEntry(
+                "color_net": registry.ModelEntry(
                     "classify", ColourNetConfig, ColourNet, "two convolutions and a linear head"
                 )
             },
@@ -85,17 +85,17 @@ def colour_family():
     registry.unregister(family.name)
 
 
-def test_the_zoo_lists_and_builds_a_registered_family(colour_family):
-    assert "colour_net" in zoo.MODELS and "colour_net" in zoo.models_for_task("classify")
-    model = zoo.build_model("colour_net", ["a", "b"], {"channels": "4"})
+def test_the_zoo_lists_and_builds_a_registered_family(color_family):
+    assert "color_net" in zoo.MODELS and "color_net" in zoo.models_for_task("classify")
+    model = zoo.build_model("color_net", ["a", "b"], {"channels": "4"})
     assert isinstance(model, ColourNet) and model.config.channels == 4
 
 
-def test_a_registered_family_trains_loads_evaluates_and_exports(colour_family, tmp_path):
+def test_a_registered_family_trains_loads_evaluates_and_exports(color_family, tmp_path):
     data = {"data.num_train": 16, "data.num_val": 8, "data.image_size": 32}
     run = pansight.train(
         "classify",
-        model="colour_net",
+        model="color_net",
         max_iters=3,
         warmup_iters=0,
         out=str(tmp_path / "run"),
@@ -106,22 +106,20 @@ def test_a_registered_family_trains_loads_evaluates_and_exports(colour_family, t
     loaded = pansight.load(tmp_path / "run" / "model.pt")
     assert isinstance(loaded, ColourNet) and isinstance(run.model, ColourNet)
     assert set(pansight.evaluate(tmp_path / "run" / "model.pt", progress=False)) >= {"top1"}
-    onnx_path = export_onnx(loaded, tmp_path / "colour.onnx", model_name="colour_net")
+    onnx_path = export_onnx(loaded, tmp_path / "color.onnx", model_name="color_net")
     images = [torch.rand(3, 40, 30, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     expected = [result.scores for result in loaded.predict(images)]
     found = [result.scores for result in load_onnx(onnx_path).predict(images)]
     torch.testing.assert_close(torch.stack(found), torch.stack(expected), atol=1e-5, rtol=1e-4)
     options = Int8Options(num_images=4, reduce_range=True)
-    int8 = quantize_onnx(onnx_path, tmp_path / "colour_int8.onnx", options)
+    int8 = quantize_onnx(onnx_path, tmp_path / "color_int8.onnx", options)
     assert pansight.load(int8).metadata.precision == "int8"
 
 
-def test_a_family_cannot_take_a_name_already_registered(colour_family):
-    with pytest.raises(ConfigError, match="'colour_net'"):
-        registry.register(
-            registry.Family("other", {"colour_net": colour_family.models["colour_net"]})
-        )
+def test_a_family_cannot_take_a_name_already_registered(color_family):
+    with pytest.raises(ConfigError, match="'color_net'"):
+        registry.register(registry.Family("other", {"color_net": color_family.models["color_net"]}))
     with pytest.raises(ConfigError, match="'classifier_r18' is already registered"):
         registry.register(
-            registry.Family("other", {"classifier_r18": colour_family.models["colour_net"]})
+            registry.Family("other", {"classifier_r18": color_family.models["color_net"]})
         )

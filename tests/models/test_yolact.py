@@ -71,10 +71,10 @@ def test_priors_follow_the_original_rule(square):
     torch.testing.assert_close(priors, expected)
 
 
-def test_decode_is_centre_size_with_variances_and_encode_inverts_it():
+def test_decode_is_center_size_with_variances_and_encode_inverts_it():
     priors = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
     deltas = torch.tensor([[1.0, -2.0, 0.5, 0.0]])
-    # centre (0.5 + 1 * 0.1 * 0.2, 0.5 - 2 * 0.1 * 0.4) = (0.52, 0.42); size (0.2 e^0.1, 0.4)
+    # center (0.5 + 1 * 0.1 * 0.2, 0.5 - 2 * 0.1 * 0.4) = (0.52, 0.42); size (0.2 e^0.1, 0.4)
     width = 0.2 * math.exp(0.1)
     expected = torch.tensor([[0.52 - width / 2, 0.22, 0.52 + width / 2, 0.62]])
     torch.testing.assert_close(decode_boxes(deltas, priors), expected)

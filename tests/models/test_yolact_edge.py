@@ -75,7 +75,7 @@ def test_warp_moves_features_by_the_flow_in_pixels():
     features = torch.arange(20.0).view(1, 1, 4, 5)
     flow = torch.zeros(1, 2, 4, 5)
     torch.testing.assert_close(warp(features, flow), features)
-    # one pixel in x on a 5-wide map is a flow of 16 * 1 / (5 - 1) = 4: read the right neighbour
+    # one pixel in x on a 5-wide map is a flow of 16 * 1 / (5 - 1) = 4: read the right neighbor
     flow[:, 0] = 4.0
     expected = torch.zeros(1, 1, 4, 5)
     expected[..., :4] = features[..., 1:]

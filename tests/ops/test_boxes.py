@@ -8,7 +8,7 @@ def test_box_coder_round_trip_and_hand_case():
     references = torch.tensor([[0.0, 0.0, 10.0, 20.0], [5.0, 5.0, 7.0, 9.0]])
     boxes = torch.tensor([[1.0, 2.0, 11.0, 22.0], [4.0, 3.0, 9.0, 12.0]])
     deltas = coder.encode(boxes, references)
-    # first box: centre moves by (1, 2) on a 10 x 20 reference, same size
+    # first box: center moves by (1, 2) on a 10 x 20 reference, same size
     torch.testing.assert_close(deltas[0], torch.tensor([1.0, 1.0, 0.0, 0.0]))
     decoded = coder.decode(deltas, references)
     assert decoded.shape == (2, 1, 4)

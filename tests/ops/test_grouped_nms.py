@@ -19,11 +19,11 @@ def test_groups_do_not_suppress_each_other(monkeypatch):
 
 
 def _clustered_boxes(count: int, groups: int, seed: int):
-    """``count`` boxes jittered around 40 centres (so many overlap), scores with ties."""
+    """``count`` boxes jittered around 40 centers (so many overlap), scores with ties."""
     generator = torch.Generator().manual_seed(seed)
-    centres = torch.rand(40, 2, generator=generator) * 500
+    centers = torch.rand(40, 2, generator=generator) * 500
     which = torch.randint(0, 40, (count,), generator=generator)
-    corner = centres[which] + torch.randn(count, 2, generator=generator) * 8
+    corner = centers[which] + torch.randn(count, 2, generator=generator) * 8
     size = torch.rand(count, 2, generator=generator) * 60 + 20
     boxes = torch.cat([corner, corner + size], dim=1)
     scores = torch.randint(0, 200, (count,), generator=generator).float() / 200

@@ -104,5 +104,5 @@ def test_overlaps_above_is_box_iou_above_the_threshold_per_class():
     for threshold in (0.3, 0.5, 0.7):
         expected = torch.stack([box_iou(per_class, per_class) > threshold for per_class in boxes])
         assert torch.equal(overlaps_above(boxes, threshold), expected)
-    chain = CHAIN[None]  # IoU exactly 0.6 between neighbours: not above 0.6, above 0.59
+    chain = CHAIN[None]  # IoU exactly 0.6 between neighbors: not above 0.6, above 0.59
     assert not overlaps_above(chain, 0.6)[0, 0, 1] and overlaps_above(chain, 0.59)[0, 0, 1]

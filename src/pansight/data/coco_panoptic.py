@@ -1,4 +1,4 @@
-"""The COCO panoptic PNG format: segment ids stored as colours.
+"""The COCO panoptic PNG format: segment ids stored as colors.
 
 A COCO panoptic PNG stores in every pixel the id of its segment as ``R + 256 G + 256^2 B``
 (``0``: void). The panoptic JSON lists, per image, the PNG's ``file_name`` and each segment's
@@ -40,13 +40,13 @@ RECORD_KEYS = ("image_id", "file_name", "segments_info")
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` uint8 colours -> ``(...)`` int64 segment ids ``R + 256 G + 256^2 B``."""
+    """``(..., 3)`` uint8 colors -> ``(...)`` int64 segment ids ``R + 256 G + 256^2 B``."""
     rgb = np.asarray(rgb).astype(np.int64)
     return rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """``(...)`` integer segment ids in ``[0, 256^3)`` -> ``(..., 3)`` uint8 colours.
+    """``(...)`` integer segment ids in ``[0, 256^3)`` -> ``(..., 3)`` uint8 colors.
 
     Raises:
         ValueError: an id outside that range.
@@ -198,7 +198,7 @@ def read_panoptic_record(
     Segment areas are counted on the PNG; listed segments without pixels are left out.
 
     Returns:
-        ``ids`` ``(H, W)`` int64 from the PNG; segments labelled by category position, with
+        ``ids`` ``(H, W)`` int64 from the PNG; segments labeled by category position, with
         ``is_thing`` from the categories and ``iscrowd`` from the record (default ``0``).
 
     Raises:

@@ -149,9 +149,9 @@ def _list_images(folder: Path, class_names: list[str]) -> list[tuple[Path, int]]
 
 
 class DigitsDataset(Dataset):
-    """scikit-learn's handwritten digits (1,797 images of 8x8 grey pixels, 10 classes).
+    """scikit-learn's handwritten digits (1,797 images of 8x8 gray pixels, 10 classes).
 
-    The data ships inside scikit-learn (no download). Grey values ``0..16`` become RGB floats in
+    The data ships inside scikit-learn (no download). Gray values ``0..16`` become RGB floats in
     ``[0, 1]`` upscaled bilinearly to ``image_size`` pixels. Image ids are positions in
     ``sklearn.datasets.load_digits()``.
 
@@ -159,7 +159,7 @@ class DigitsDataset(Dataset):
         class_names: ``"0"`` .. ``"9"``.
         image_ids: ``(N,)`` id of every image in this split.
         labels: ``(N,)`` int64 class of every image in this split.
-        images: ``(N, 1, image_size, image_size)`` grey images in ``[0, 1]``.
+        images: ``(N, 1, image_size, image_size)`` gray images in ``[0, 1]``.
     """
 
     semantic_class_names = None
@@ -176,9 +176,9 @@ class DigitsDataset(Dataset):
         digits = load_digits()
         train_ids, val_ids = stratified_split(digits.target, val_fraction, seed)
         ids = train_ids if split == "train" else val_ids
-        grey = torch.from_numpy(digits.images[ids]).float().div(16.0).unsqueeze(1)
+        gray = torch.from_numpy(digits.images[ids]).float().div(16.0).unsqueeze(1)
         self.images = F.interpolate(
-            grey, size=(image_size, image_size), mode="bilinear", align_corners=False
+            gray, size=(image_size, image_size), mode="bilinear", align_corners=False
         )
         self.image_ids = torch.from_numpy(ids)
         self.labels = torch.from_numpy(digits.target[ids]).long()

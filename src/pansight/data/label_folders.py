@@ -7,7 +7,7 @@ A label-mask folder is laid out as::
     root/labels/<split>/<name>.png      one single-channel PNG per image, same name stem:
                                         each pixel holds its label 0..K-1, or 255 (ignored)
 
-with ``<split>`` ``train`` or ``val``. Label PNGs may be grey (8 or 16 bit) or palette PNGs
+with ``<split>`` ``train`` or ``val``. Label PNGs may be gray (8 or 16 bit) or palette PNGs
 (the palette index is the label, as in Pascal VOC).
 """
 
@@ -27,14 +27,14 @@ from pansight.structures import IGNORE_LABEL, Target
 
 SPLITS = ("train", "val")
 SINGLE_CHANNEL_MODES = ("1", "L", "P", "I", "I;16")
-"""PIL modes of PNGs whose pixel values are labels (bilevel, grey, palette, 16/32-bit grey)."""
+"""PIL modes of PNGs whose pixel values are labels (bilevel, gray, palette, 16/32-bit gray)."""
 
 
 def read_label_png(path: str | Path, num_classes: int, ignore_label: int = IGNORE_LABEL) -> Tensor:
     """``(H, W)`` int64 labels of a single-channel label PNG.
 
     Raises:
-        DataError: naming the file, if it is missing, corrupt, has colour channels, or holds a
+        DataError: naming the file, if it is missing, corrupt, has color channels, or holds a
             value that is neither a label ``0..num_classes-1`` nor ``ignore_label``.
     """
     try:
@@ -51,7 +51,7 @@ def read_label_png(path: str | Path, num_classes: int, ignore_label: int = IGNOR
     if mode not in SINGLE_CHANNEL_MODES:
         raise DataError(
             f"{path}: label PNG has mode {mode!r}; label masks must be single-channel "
-            "(grey or palette) PNGs holding one label per pixel"
+            "(gray or palette) PNGs holding one label per pixel"
         )
     bad = (values >= num_classes) & (values != ignore_label)
     if bad.any():
@@ -63,7 +63,7 @@ def read_label_png(path: str | Path, num_classes: int, ignore_label: int = IGNOR
 
 
 def write_label_png(labels: Tensor, path: str | Path) -> None:
-    """Write ``(H, W)`` integer labels as a grey PNG: 8-bit up to 255, else 16-bit.
+    """Write ``(H, W)`` integer labels as a gray PNG: 8-bit up to 255, else 16-bit.
 
     Raises:
         ValueError: a label is negative or above 65535.

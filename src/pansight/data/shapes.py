@@ -1,4 +1,4 @@
-"""The embedded synthetic world: coloured things over textured stuff, with targets for every rung.
+"""The embedded synthetic world: colored things over textured stuff, with targets for every rung.
 
 A sample is a landscape of stuff (sky above a wavy horizon; grass, road and water below it,
 split by wavy borders) with things (circle, square, triangle, star, ring) drawn over it one after
@@ -7,7 +7,7 @@ render fills every field of a :class:`~pansight.structures.Target`: the class an
 mode), boxes, labels and visible masks, the semantic map and the panoptic map.
 
 Pixel ``(row i, column j)`` covers ``[j, j + 1) x [i, i + 1)`` and belongs to a shape when its
-centre ``(j + 0.5, i + 0.5)`` does. Boxes are the pixel extents of the visible mask in ``xyxy``
+center ``(j + 0.5, i + 0.5)`` does. Boxes are the pixel extents of the visible mask in ``xyxy``
 (a mask spanning columns 3..7 has ``x1 = 3``, ``x2 = 8``), as COCO's ``bbox`` of a mask.
 
 Every sample is a function of ``(seed, split, index)`` alone: the same arguments give the same
@@ -65,7 +65,7 @@ MIN_VISIBLE_FRACTION = 0.2
 """A thing is drawn only where it shows at least ``MIN_VISIBLE_PIXELS`` pixels and this fraction
 of its area inside the image; a thing hidden more than that is left out of picture and targets."""
 MIN_COLOR_DISTANCE = 90.0
-"""Least RGB distance of a thing's colour from the stuff colours and from the other things'."""
+"""Least RGB distance of a thing's color from the stuff colors and from the other things'."""
 COLOR_TRIES = 30
 
 
@@ -88,7 +88,7 @@ class Thing:
     color: tuple[int, int, int]
 
     def mask(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """``(H, W)`` bool: pixels whose centres ``xs, ys`` (each ``(H, W)``) lie in the shape."""
+        """``(H, W)`` bool: pixels whose centers ``xs, ys`` (each ``(H, W)``) lie in the shape."""
         dx, dy = xs - self.center[0], ys - self.center[1]
         name = THING_CLASSES[self.label]
         if name in ("circle", "ring"):
@@ -129,7 +129,7 @@ def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.
 
 
 def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(xs, ys)``, each ``(H, W)`` float: the coordinates of every pixel's centre."""
+    """``(xs, ys)``, each ``(H, W)`` float: the coordinates of every pixel's center."""
     ys, xs = np.mgrid[0:height, 0:width] + 0.5
     return xs, ys
 
@@ -165,8 +165,8 @@ def render_background(
 def _texture(
     rng: np.random.Generator, label: int, xs: np.ndarray, ys: np.ndarray, height: int
 ) -> np.ndarray:
-    """``(P, 3)`` float RGB of the pixels centred at ``xs, ys`` (each ``(P,)``): the stuff
-    colour, a pattern of light and shade, and grain."""
+    """``(P, 3)`` float RGB of the pixels centered at ``xs, ys`` (each ``(P,)``): the stuff
+    color, a pattern of light and shade, and grain."""
     phase = rng.uniform(0, 2 * math.pi)
     if label == SKY:
         pattern, grain = 30 * ys / height, 3.0
@@ -184,7 +184,7 @@ def _texture(
 def _thing_color(
     rng: np.random.Generator, avoid: list[tuple[int, int, int]]
 ) -> tuple[int, int, int]:
-    """A saturated colour at least ``MIN_COLOR_DISTANCE`` from each colour of ``avoid`` (the
+    """A saturated color at least ``MIN_COLOR_DISTANCE`` from each color of ``avoid`` (the
     last one tried if ``COLOR_TRIES`` tries find none)."""
     for _ in range(COLOR_TRIES):
         hsv = rng.uniform(0, 1), rng.uniform(0.55, 1), rng.uniform(0.65, 1)

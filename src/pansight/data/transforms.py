@@ -32,7 +32,7 @@ def apply_transform(
     Boxes are clamped to the new image; instances whose box became empty (a crop removed them)
     are dropped from ``boxes``, ``labels``, ``masks``, ``iscrowd`` and ``track_ids`` alike. The
     single ``box`` (localization) is clamped but kept. Masks and the semantic and panoptic maps
-    move with nearest-neighbour sampling; pixels the transform invents (padding, corners of a
+    move with nearest-neighbor sampling; pixels the transform invents (padding, corners of a
     rotation) become ``IGNORE_LABEL`` in ``semantic``, void (``0``) in ``panoptic`` and ``False``
     in ``masks``, whatever fill the transform uses (a second map of ones, moved alongside, tells
     real pixels from invented ones; its fill must not be ``1``). Panoptic segments that left the
@@ -138,8 +138,8 @@ def train_augment(
 
     - ``classify``: horizontal flip, a small random translation and scaling (or, when
       ``image_size`` is given, a random resized crop of 70-100% of the image to that side),
-      and a small colour jitter.
-    - box and mask tasks: horizontal flip and a small colour jitter; when ``image_size`` is
+      and a small color jitter.
+    - box and mask tasks: horizontal flip and a small color jitter; when ``image_size`` is
       given, also a scale jitter resizing the shorter side to 80-125% of ``image_size``.
 
     Args:

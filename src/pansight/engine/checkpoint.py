@@ -115,8 +115,8 @@ def model_payload(
 def label_category_ids(data_set: object, class_names: list[str]) -> list[int]:
     """The data set's category id of each of a model's labels ``class_names``.
 
-    A model labelling the data set's semantic classes (things and stuff, as panoptic models do)
-    takes ``semantic_category_ids``; one labelling its thing classes takes ``category_ids``;
+    A model labeling the data set's semantic classes (things and stuff, as panoptic models do)
+    takes ``semantic_category_ids``; one labeling its thing classes takes ``category_ids``;
     without ids that fit, label ``k`` is category ``k``.
     """
     for names, ids in (

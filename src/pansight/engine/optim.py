@@ -30,7 +30,7 @@ NORM_LAYERS = (
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum or AdamW over the trainable parameters of ``model``.
 
-    Weight decay applies to weights only: biases and the parameters of normalisation layers
+    Weight decay applies to weights only: biases and the parameters of normalization layers
     form a second group without it.
     """
     decay, no_decay = split_weight_decay(model)

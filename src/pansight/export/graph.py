@@ -1,7 +1,7 @@
 """Export a model's network (``forward``) to an ONNX graph carrying pansight metadata.
 
 What is exported is the network on the preprocessed tensor: ``images`` ``(B, 3, H, W)`` float
-RGB in ``[0, 1]``, already resized by the model's own ``preprocess`` (pixel normalisation is
+RGB in ``[0, 1]``, already resized by the model's own ``preprocess`` (pixel normalization is
 inside ``forward``, so inside the graph). The graph's outputs are the fields of the model's
 ``Outputs`` dataclass that its ``postprocess`` reads, named after them (YOLACT's priors, constant
 for its fixed input size, are an output without a batch axis). Preprocessing and

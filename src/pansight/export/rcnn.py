@@ -90,7 +90,7 @@ class RCNNGraph(nn.Module):
         return tuple(outputs[name] for name in self.spec.output_names)
 
     def normalized_inside(self, images: Tensor, size: Tensor) -> Tensor:
-        """Normalised ``(1, 3, H, W)`` pixels, zero outside the image's ``(h, w)`` (the
+        """Normalized ``(1, 3, H, W)`` pixels, zero outside the image's ``(h, w)`` (the
         eager ``backbone_levels``)."""
         normalized = self.rcnn.normalize(images)
         rows = torch.arange(images.shape[-2], device=images.device) < size[0]

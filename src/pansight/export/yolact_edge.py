@@ -44,7 +44,7 @@ from pansight.models.yolact.edge.model import (
     YolactEdge,
 )
 from pansight.models.yolact.model import YolactOutputs
-from pansight.ops.histograms import colour_histograms
+from pansight.ops.histograms import color_histograms
 from pansight.structures import Detections, ImageBatch
 
 KEYFRAME_INPUT = "keyframe"
@@ -253,7 +253,7 @@ class YolactEdgeOnnxPredictor(OnnxPredictor):
             )
         if state is None or self.model.is_keyframe(state, sizes, keyframe, batch):
             outputs, features = self._run_frame(images, None)
-            features["histograms"] = colour_histograms(batch.tensor)
+            features["histograms"] = color_histograms(batch.tensor)
             return outputs, StreamState(KeyframeFeatures(**features), sizes, next_index, 0)
         outputs, _ = self._run_frame(images, state.keyframe)
         steps = state.frames_since_keyframe + 1

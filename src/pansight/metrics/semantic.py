@@ -124,7 +124,7 @@ class SemanticMetric:
                 raise DataError(f"image {target.image_id}: {error}") from None
 
     def compute(self) -> dict[str, float]:
-        """The scores so far (NaN before any labelled pixel was counted)."""
+        """The scores so far (NaN before any labeled pixel was counted)."""
         scores = scores_from_confusion(self.confusion)
         metrics = {key: scores[key] for key in SUMMARY_KEYS}
         for name, iou in zip(self.class_names, scores["iou"].tolist()):

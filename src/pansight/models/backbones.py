@@ -27,7 +27,7 @@ FEATURE_STRIDES = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 class ResNetBody(nn.Module):
     """A torchvision ResNet without its average pool and ``fc``, returning four feature maps.
 
-    ``forward`` maps ``(B, 3, H, W)`` normalised images to
+    ``forward`` maps ``(B, 3, H, W)`` normalized images to
     ``{"c2": (B, C2, H/4, W/4), "c3": (.., H/8, ..), "c4": (.., H/16, ..), "c5": (.., H/32, ..)}``
     (sizes rounded up).
 

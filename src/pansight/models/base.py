@@ -29,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PansightModel(nn.Module):
-    """Base class: holds the config and class names, normalises pixels, and chains predict.
+    """Base class: holds the config and class names, normalizes pixels, and chains predict.
 
     Subclasses set :attr:`task` and implement :meth:`preprocess`, :meth:`forward`,
     :meth:`loss` and :meth:`postprocess`.
@@ -57,7 +57,7 @@ class PansightModel(nn.Module):
         return self.pixel_mean.device
 
     def normalize(self, images: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` images in ``[0, 1]`` -> ImageNet-normalised network input."""
+        """``(B, 3, H, W)`` images in ``[0, 1]`` -> ImageNet-normalized network input."""
         return (images - self.pixel_mean) / self.pixel_std
 
     def preprocess(

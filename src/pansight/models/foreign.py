@@ -1,6 +1,6 @@
 """Models from weights saved outside pansight: every layout a family declares
 (:class:`~pansight.models.registry.WeightFormat`: torchvision's Faster/Mask R-CNNs, the original
-YOLACT and YolactEdge checkpoints) is recognised by its key names, built as the zoo model it
+YOLACT and YolactEdge checkpoints) is recognized by its key names, built as the zoo model it
 fits, and imported with every weight accounted for."""
 
 from __future__ import annotations

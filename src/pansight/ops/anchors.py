@@ -9,7 +9,7 @@ from pansight.errors import ConfigError
 
 
 class AnchorGenerator:
-    """One set of anchors (every size x aspect ratio) centred on each feature-map location.
+    """One set of anchors (every size x aspect ratio) centered on each feature-map location.
 
     Level ``i`` uses ``sizes[i]``; an anchor of size ``s`` and aspect ratio ``r = h / w`` has
     ``w = s / sqrt(r)``, ``h = s * sqrt(r)``, rounded to whole pixels. Anchors of one location
@@ -33,7 +33,7 @@ class AnchorGenerator:
         return len(self.sizes[0]) * len(self.aspect_ratios)
 
     def cell_anchors(self, level: int) -> Tensor:
-        """``(A, 4)`` xyxy anchors centred on the origin for pyramid level ``level``."""
+        """``(A, 4)`` xyxy anchors centered on the origin for pyramid level ``level``."""
         scales = torch.as_tensor(self.sizes[level], dtype=torch.float32)
         h_ratios = torch.sqrt(torch.as_tensor(self.aspect_ratios, dtype=torch.float32))
         widths = (scales[None, :] / h_ratios[:, None]).reshape(-1)

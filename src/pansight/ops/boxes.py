@@ -35,8 +35,8 @@ class BoxCoder:
     def encode(self, boxes: Tensor, references: Tensor) -> Tensor:
         """Deltas ``(N, 4)`` taking ``references`` ``(N, 4)`` onto ``boxes`` ``(N, 4)``."""
         wx, wy, ww, wh = self.weights
-        ref_w, ref_h, ref_cx, ref_cy = _size_and_centre(references)
-        w, h, cx, cy = _size_and_centre(boxes)
+        ref_w, ref_h, ref_cx, ref_cy = _size_and_center(references)
+        w, h, cx, cy = _size_and_center(boxes)
         return torch.stack(
             [
                 wx * (cx - ref_cx) / ref_w,
@@ -54,7 +54,7 @@ class BoxCoder:
         """
         references = references.to(deltas.dtype)
         wx, wy, ww, wh = self.weights
-        ref_w, ref_h, ref_cx, ref_cy = (v[:, None] for v in _size_and_centre(references))
+        ref_w, ref_h, ref_cx, ref_cy = (v[:, None] for v in _size_and_center(references))
         dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy
         dw = (deltas[:, 2::4] / ww).clamp(max=DELTA_CLAMP)
         dh = (deltas[:, 3::4] / wh).clamp(max=DELTA_CLAMP)
@@ -63,7 +63,7 @@ class BoxCoder:
         return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=2)
 
 
-def _size_and_centre(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _size_and_center(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(w, h, cx, cy)`` of ``(N, 4)`` xyxy boxes, each ``(N,)``."""
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]

@@ -1,4 +1,4 @@
-"""Joint colour histograms of images: a cheap measure of how much a scene changed (YolactEdge
+"""Joint color histograms of images: a cheap measure of how much a scene changed (YolactEdge
 forces a keyframe at a scene cut)."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import torch
 from torch import Tensor
 
 HISTOGRAM_BINS = 8
-"""Bins per colour channel of the histograms compared to detect scene cuts."""
+"""Bins per color channel of the histograms compared to detect scene cuts."""
 HISTOGRAM_SIDE = 128
 """Histograms count the pixels of a grid about this many pixels across the shorter side."""
 
 
-def colour_histograms(images: Tensor) -> Tensor:
+def color_histograms(images: Tensor) -> Tensor:
     """``(B, 3, H, W)`` images in ``[0, 1]`` -> ``(B, HISTOGRAM_BINS ** 3)`` joint RGB
     histograms, each summing to 1, of every ``s``-th row and column,
     ``s = max(1, min(H, W) // HISTOGRAM_SIDE)`` (at 550x550 that is 0.2 ms instead of 3)."""

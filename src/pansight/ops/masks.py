@@ -8,13 +8,13 @@ from torch import Tensor
 
 
 def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
-    """``(N, 4)`` xyxy boxes grown about their centres by ``scale``."""
+    """``(N, 4)`` xyxy boxes grown about their centers by ``scale``."""
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
     half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    centre_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    centre_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
+    center_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
+    center_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
     return torch.stack(
-        [centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], dim=1
+        [center_x - half_w, center_y - half_h, center_x + half_w, center_y + half_h], dim=1
     )
 
 
@@ -194,7 +194,7 @@ def _box_weights(starts: Tensor, ends: Tensor, pixels: Tensor, source: int) -> T
 
     Follows ``F.interpolate(mode="bilinear", align_corners=False)``: output pixel ``u`` reads
     source coordinate ``(u + 0.5) * source / extent - 0.5``, clamped at 0, between its two
-    neighbouring samples (the last sample repeats past the end).
+    neighboring samples (the last sample repeats past the end).
     """
     extent = (ends - starts + 1).clamp(min=1)
     offsets = pixels - starts[:, None]  # (N, n): position inside the box

@@ -49,7 +49,7 @@ from pansight.serve.work import QueueFull, WorkQueue
 from pansight.viz import DRAW_MIN_SCORE, palette
 
 PALETTE_SIZE = 256
-"""Colours sent to the page: class ``k`` and instance ``k`` use colour ``k mod PALETTE_SIZE``."""
+"""Colors sent to the page: class ``k`` and instance ``k`` use color ``k mod PALETTE_SIZE``."""
 
 SAMPLE_SIZES = (32, 512)
 """Smallest and largest side of ``/api/sample`` images."""

@@ -18,7 +18,7 @@ class WorkQueue:
     """At most ``size`` waiting jobs, run in order by ``workers`` threads.
 
     A job is taken off the queue when a worker starts it, so ``size`` counts jobs not yet
-    started; jobs cancelled before they start are skipped.
+    started; jobs canceled before they start are skipped.
     """
 
     def __init__(self, size: int, workers: int = 1) -> None:

@@ -29,7 +29,7 @@ class ClassifierConfig:
         input_size: side of the square every image is resized to, in pixels (>= 32).
         dropout: dropout probability before the final linear layer.
         torchvision_weights: path of a torchvision ResNet state-dict file whose weights the zoo
-            imports when it builds the model (``""``: random initialisation).
+            imports when it builds the model (``""``: random initialization).
     """
 
     backbone: str = "resnet18"
@@ -48,7 +48,7 @@ class ClassifierOutputs:
     """Raw classifier outputs.
 
     Attributes:
-        logits: ``(B, K)`` unnormalised class scores.
+        logits: ``(B, K)`` unnormalized class scores.
     """
 
     logits: Tensor
@@ -57,7 +57,7 @@ class ClassifierOutputs:
 class Classifier(PansightModel):
     """One class per image from a ResNet body.
 
-    ``forward``: normalise pixels -> body -> global average pool of ``c5`` -> dropout -> ``fc``.
+    ``forward``: normalize pixels -> body -> global average pool of ``c5`` -> dropout -> ``fc``.
     The head is called ``fc`` and the body keeps torchvision's names, so torchvision ResNet
     weights map in directly (:func:`import_torchvision_resnet`).
     """

@@ -1,9 +1,9 @@
 """Single-object localizer: a ResNet classifier plus one box per image.
 
 The class head is the classifier's (global average pool of ``c5``, linear ``fc``). The box head
-keeps spatial information: a small conv tower on ``c4`` gives every grid cell a box (centre inside
+keeps spatial information: a small conv tower on ``c4`` gives every grid cell a box (center inside
 that cell, width and height relative to the frame, all via sigmoid) and an objectness logit; the
-image's box is the softmax(objectness)-weighted mean of the cell boxes, i.e. normalised
+image's box is the softmax(objectness)-weighted mean of the cell boxes, i.e. normalized
 ``(cx, cy, w, h)`` in ``[0, 1]`` of the input frame.
 """
 
@@ -23,7 +23,7 @@ from pansight.models.classification.classifier import target_labels
 from pansight.structures import ImageBatch, Localization, Target
 
 SMOOTH_L1_BETA = 0.05
-"""Smooth-L1 switches from quadratic to linear at this normalised coordinate error."""
+"""Smooth-L1 switches from quadratic to linear at this normalized coordinate error."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class LocalizerConfig:
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
         input_size: side of the square every image is resized to, in pixels (>= 32).
         box_head_channels: width of the box head's conv tower.
-        box_l1_weight: weight of the smooth-L1 loss on normalised ``(cx, cy, w, h)``.
+        box_l1_weight: weight of the smooth-L1 loss on normalized ``(cx, cy, w, h)``.
         box_giou_weight: weight of the GIoU loss.
         torchvision_weights: path of a torchvision ResNet state-dict file whose weights the zoo
-            imports when it builds the model (``""``: random initialisation).
+            imports when it builds the model (``""``: random initialization).
     """
 
     backbone: str = "resnet18"
@@ -60,7 +60,7 @@ class LocalizerOutputs:
     """Raw localizer outputs.
 
     Attributes:
-        logits: ``(B, K)`` unnormalised class scores.
+        logits: ``(B, K)`` unnormalized class scores.
         boxes: ``(B, 4)`` xyxy boxes in input-frame pixels.
     """
 
@@ -71,7 +71,7 @@ class LocalizerOutputs:
 class GridBoxHead(nn.Module):
     """One box per image from a feature grid, as an objectness-weighted mean of per-cell boxes.
 
-    ``forward`` maps features ``(B, C, h, w)`` to normalised ``(cx, cy, w, h)`` ``(B, 4)`` in
+    ``forward`` maps features ``(B, C, h, w)`` to normalized ``(cx, cy, w, h)`` ``(B, 4)`` in
     ``[0, 1]`` of the frame the grid covers.
     """
 
@@ -94,7 +94,7 @@ class GridBoxHead(nn.Module):
 
     @staticmethod
     def _decode_cells(raw: Tensor) -> Tensor:
-        """Raw ``(B, 4, h, w)`` -> normalised ``(B, 4, h*w)`` boxes, centres inside their cell."""
+        """Raw ``(B, 4, h, w)`` -> normalized ``(B, 4, h*w)`` boxes, centers inside their cell."""
         height, width = raw.shape[-2:]
         rows = torch.arange(height, device=raw.device, dtype=raw.dtype).view(height, 1)
         cols = torch.arange(width, device=raw.device, dtype=raw.dtype).view(1, width)
@@ -108,7 +108,7 @@ class GridBoxHead(nn.Module):
 class Localizer(PansightModel):
     """One class and one box per image.
 
-    ``forward``: normalise pixels -> body -> class logits from pooled ``c5`` (``fc``) and a box
+    ``forward``: normalize pixels -> body -> class logits from pooled ``c5`` (``fc``) and a box
     from ``c4`` (:class:`GridBoxHead`), decoded to xyxy input-frame pixels.
     """
 
@@ -131,12 +131,12 @@ class Localizer(PansightModel):
         """``batch.tensor`` ``(B, 3, S, S)`` in ``[0, 1]`` -> logits and boxes. Ignores targets."""
         features = self.body(self.normalize(batch.tensor))
         logits = self.fc(features["c5"].mean(dim=(2, 3)))
-        normalised_boxes = self.box_head(features["c4"])
-        boxes = box_convert(normalised_boxes * self.config.input_size, "cxcywh", "xyxy")
+        normalized_boxes = self.box_head(features["c4"])
+        boxes = box_convert(normalized_boxes * self.config.input_size, "cxcywh", "xyxy")
         return LocalizerOutputs(logits=logits, boxes=boxes)
 
     def loss(self, outputs: LocalizerOutputs, targets: list[Target]) -> dict[str, Tensor]:
-        """``{"cls", "box_l1", "box_giou"}``; box losses on coordinates normalised by the frame."""
+        """``{"cls", "box_l1", "box_giou"}``; box losses on coordinates normalized by the frame."""
         device = outputs.logits.device
         labels = target_labels(targets, self.num_classes).to(device)
         target_boxes = _target_boxes(targets).to(device) / self.config.input_size

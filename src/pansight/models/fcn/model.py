@@ -9,7 +9,7 @@ Two heads (``FCNConfig.head``):
 - ``32s``, ``16s``, ``8s`` (Long, Shelhamer & Darrell): a 1x1 convolution scores ``c5``
   (stride 32). FCN-16s also scores ``c4`` and adds it to the ``c5`` scores upsampled x2; FCN-8s
   then does the same with ``c3``. The fused scores are upsampled x32, x16 or x8 to the input
-  size, by bilinear interpolation or by transposed convolutions initialised bilinear. The skip
+  size, by bilinear interpolation or by transposed convolutions initialized bilinear. The skip
   scores start at zero, so a fresh FCN-8s predicts what its FCN-32s part predicts.
 - ``dilated`` (torchvision's ``fcn_resnet50`` / ``fcn_resnet101``): ``c4`` and ``c5`` keep
   stride 8 through dilated convolutions; torchvision's ``FCNHead`` (3x3 conv, batch norm, ReLU,
@@ -54,13 +54,13 @@ class FCNConfig:
         head: ``32s``, ``16s`` or ``8s`` (skip heads on a stride-32 body) or ``dilated``
             (torchvision's layout, output stride 8).
         upsampling: for skip heads: ``bilinear`` (fixed interpolation) or ``learned``
-            (transposed convolutions initialised bilinear).
+            (transposed convolutions initialized bilinear).
         aux_head: for ``dilated``: add torchvision's auxiliary head on ``c4``.
         aux_weight: weight of the auxiliary head's loss.
         input_size: side of the square every image is resized to, in pixels (>= 32).
         torchvision_weights: a torchvision state-dict file the zoo imports when it builds the
             model: an ``fcn_resnet50`` / ``fcn_resnet101`` file (``dilated``) or a ResNet
-            classifier's (the body of any head). ``""``: random initialisation.
+            classifier's (the body of any head). ``""``: random initialization.
     """
 
     backbone: str = "resnet18"
@@ -105,7 +105,7 @@ class FCNOutputs:
 class FCN(PansightModel):
     """A class for every pixel (see the module docstring for the heads).
 
-    ``forward``: normalise pixels -> ResNet body -> head scores ``(B, K, H, W)`` at the input
+    ``forward``: normalize pixels -> ResNet body -> head scores ``(B, K, H, W)`` at the input
     size. ``loss``: pixel-wise cross entropy against ``Target.semantic`` (``IGNORE_LABEL``
     pixels do not count). ``postprocess``: scores resized to each original image, argmax.
 
@@ -148,7 +148,7 @@ class FCN(PansightModel):
         return FCNOutputs(logits=logits, aux_logits=aux_logits)
 
     def loss(self, outputs: FCNOutputs, targets: list[Target]) -> dict[str, Tensor]:
-        """``{"seg": cross entropy}`` (and ``"aux"``, weighted) over the labelled pixels.
+        """``{"seg": cross entropy}`` (and ``"aux"``, weighted) over the labeled pixels.
 
         ``targets`` are in the input frame; pixels outside an image (padding) are ignored.
         """
@@ -220,7 +220,7 @@ class Upsample(nn.Module):
     """Enlarge ``(B, C, h, w)`` scores by ``factor`` to a given size.
 
     Bilinear interpolation, or a transposed convolution (kernel ``2 * factor``, stride
-    ``factor``) initialised to bilinear interpolation of each channel on its own and learned
+    ``factor``) initialized to bilinear interpolation of each channel on its own and learned
     from there; its ``factor * h`` rows are cropped to the size asked for (at most ``h`` is
     ``ceil(size / factor)``, as in a ResNet).
     """

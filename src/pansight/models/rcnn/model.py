@@ -34,7 +34,6 @@ from pansight.models.rcnn.roi_heads import (
 )
 from pansight.models.rcnn.rpn import RPNHead, select_proposals
 from pansight.models.rcnn.training import (
-    MatchingTargets,
     matching_targets,
     positive_rois_with_mask_targets,
     rcnn_losses,
@@ -156,23 +155,41 @@ class MaskRCNN(PansightModel):
         objectness, deltas, anchors, level_sizes = self.rpn_per_level(p_levels, batch)
         proposal_boxes = self.decode_anchors(deltas, anchors)
         proposals = self.nms_proposals(proposal_boxes, objectness, level_sizes, batch)
-        outputs = RCNNOutputs(proposals, *([None] * 2), [], [], [], None, objectness, deltas)
-        matched = None
+        training, matched = None, None
         if matching is not None:
-            matched = sample_training_examples(
-                outputs, anchors, matching, self.config, self.rpn_coder, self.roi_coder
+            proposals, training, matched = sample_training_examples(
+                proposals, anchors, matching, self.config, self.rpn_coder, self.roi_coder
             )
         roi_levels = self.roi_levels(p_levels)
-        box_features = self.roi_align_boxes(roi_levels, outputs.proposals, batch)
-        outputs.class_logits, outputs.box_regression = self.box_branch(box_features)
-        if matching is None:
-            self._select_detections(outputs, batch)
+        box_features = self.roi_align_boxes(roi_levels, proposals, batch)
+        class_logits, box_regression = self.box_branch(box_features)
+        boxes, scores, labels = [], [], []
+        if training is None:
+            boxes, scores, labels = self.detections(class_logits, box_regression, proposals, batch)
+        mask_logits = None
         if self.config.with_masks:
-            self.mask_branch(roi_levels, outputs, batch, matching, matched)
-        return outputs
+            if training is None:
+                mask_logits = self.mask_branch(roi_levels, boxes, batch)
+            else:
+                rois, training.mask_targets = positive_rois_with_mask_targets(
+                    proposals, training.roi_labels, matching, matched, 2 * MASK_ROI_SIZE
+                )
+                mask_logits = self.mask_branch(roi_levels, rois, batch)
+        return RCNNOutputs(
+            proposals=proposals,
+            class_logits=class_logits,
+            box_regression=box_regression,
+            detection_boxes=boxes,
+            detection_scores=scores,
+            detection_labels=labels,
+            mask_logits=mask_logits,
+            rpn_objectness=objectness,
+            rpn_deltas=deltas,
+            training_targets=training,
+        )
 
     def backbone_levels(self, batch: ImageBatch) -> dict[str, Tensor]:
-        """Normalise pixels (padding stays 0 after normalising) -> ResNet ``c2..c5``."""
+        """Normalize pixels (padding stays 0 after normalizing) -> ResNet ``c2..c5``."""
         images = self.normalize(batch.tensor)
         for index, (height, width) in enumerate(batch.image_sizes):
             images[index, :, height:] = 0
@@ -236,21 +253,12 @@ class MaskRCNN(PansightModel):
         return self.box_predictor(self.box_head(box_features))
 
     def mask_branch(
-        self,
-        p_levels: dict[str, Tensor],
-        outputs: RCNNOutputs,
-        batch: ImageBatch,
-        matching: MatchingTargets | None,
-        matched: list[Tensor] | None,
-    ) -> None:
-        """Mask logits ``(R, K + 1, 28, 28)`` (and, in training, their targets) into
-        ``outputs``: for the positive RoIs in training, for the detections otherwise."""
-        if matching is None or matched is None:
-            rois = outputs.detection_boxes
-        else:
-            rois = positive_rois_with_mask_targets(outputs, matching, matched, 2 * MASK_ROI_SIZE)
+        self, p_levels: dict[str, Tensor], rois: list[Tensor], batch: ImageBatch
+    ) -> Tensor:
+        """Mask logits ``(sum R_i, K + 1, 28, 28)`` of per-image ``(R_i, 4)`` RoIs: the
+        detections in eval mode, the positive sampled RoIs in training."""
         features = self.mask_roi_align(p_levels, rois, batch.image_sizes)
-        outputs.mask_logits = self.mask_predictor(self.mask_head(features))
+        return self.mask_predictor(self.mask_head(features))
 
     # -- training ------------------------------------------------------------------------------
 
@@ -264,20 +272,26 @@ class MaskRCNN(PansightModel):
 
     # -- results -------------------------------------------------------------------------------
 
-    def _select_detections(self, outputs: RCNNOutputs, batch: ImageBatch) -> None:
+    def detections(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: list[Tensor],
+        batch: ImageBatch,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Per image the selected ``(D_i, 4)`` boxes, ``(D_i,)`` scores and labels ``1..K``:
+        per-class decoding, score threshold, NMS and the top ``detections_per_img``."""
         config = self.config
-        boxes, scores, labels = select_detections(
-            outputs.class_logits,
-            outputs.box_regression,
-            outputs.proposals,
+        return select_detections(
+            class_logits,
+            box_regression,
+            proposals,
             batch.image_sizes,
             self.roi_coder,
             config.score_thresh,
             config.nms_thresh,
             config.detections_per_img,
         )
-        outputs.detection_boxes, outputs.detection_scores = boxes, scores
-        outputs.detection_labels = labels
 
     def postprocess(self, outputs: RCNNOutputs, batch: ImageBatch) -> list[Detections]:
         """Detections in original-image pixels; labels ``0..K-1``; masks ``bool (N, H, W)``

@@ -9,8 +9,29 @@ from torch import Tensor
 
 
 @dataclass
+class RCNNTrainingTargets:
+    """What a training-mode forward sampled from the targets, for the losses.
+
+    Attributes:
+        rpn_labels, rpn_regression_targets: ``(B, N)`` sampled anchor labels (1, 0, -1 not
+            sampled) and ``(B, N, 4)`` their box targets.
+        roi_labels, roi_regression_targets: ``(sum P_i,)`` labels of the sampled RoIs
+            (0 = background) and ``(sum P_i, 4)`` their box targets.
+        mask_targets: ``(R, 28, 28)`` ground-truth masks of the positive RoIs (``None``
+            without a mask branch).
+    """
+
+    rpn_labels: Tensor
+    rpn_regression_targets: Tensor
+    roi_labels: Tensor
+    roi_regression_targets: Tensor
+    mask_targets: Tensor | None = None
+
+
+@dataclass
 class RCNNOutputs:
-    """Raw outputs of :class:`MaskRCNN`; every field exists in both modes.
+    """Raw outputs of :class:`~pansight.models.rcnn.model.MaskRCNN`; every field exists in both
+    modes.
 
     Boxes are xyxy in input-frame pixels; labels are ``1..K`` (0 = background).
 
@@ -23,10 +44,7 @@ class RCNNOutputs:
         mask_logits: ``(R, K + 1, 28, 28)`` for the detections (eval) or the positive RoIs
             (training); ``None`` without a mask branch.
         rpn_objectness: ``(B, N)`` anchor logits; rpn_deltas: ``(B, N, 4)``.
-        rpn_labels, rpn_regression_targets: ``(B, N)`` sampled anchor labels (1, 0, -1 not
-            sampled) and ``(B, N, 4)`` targets (training, else ``None``).
-        roi_labels, roi_regression_targets: ``(sum P_i,)`` and ``(sum P_i, 4)`` (training).
-        mask_targets: ``(R, 28, 28)`` ground-truth masks of the positive RoIs (training).
+        training_targets: what training sampled (training mode, else ``None``).
     """
 
     proposals: list[Tensor]
@@ -38,8 +56,4 @@ class RCNNOutputs:
     mask_logits: Tensor | None
     rpn_objectness: Tensor
     rpn_deltas: Tensor
-    rpn_labels: Tensor | None = None
-    rpn_regression_targets: Tensor | None = None
-    roi_labels: Tensor | None = None
-    roi_regression_targets: Tensor | None = None
-    mask_targets: Tensor | None = None
+    training_targets: RCNNTrainingTargets | None = None

@@ -81,7 +81,7 @@ def build_box_head(
     kind: str, in_channels: int, roi_size: int, hidden: int, norm: bool
 ) -> TwoMLPHead | ConvFCHead:
     """The ``mlp`` or ``conv_fc`` box head for ``(R, in_channels, roi_size, roi_size)`` RoI
-    features, giving ``(R, hidden)``; ``norm`` batch-normalises the ``conv_fc`` convs."""
+    features, giving ``(R, hidden)``; ``norm`` batch-normalizes the ``conv_fc`` convs."""
     if kind == "mlp":
         return TwoMLPHead(in_channels * roi_size**2, hidden)
     return ConvFCHead(in_channels, roi_size, in_channels, hidden, norm)

@@ -133,7 +133,7 @@ def rpn_losses(
     objectness: Tensor, deltas: Tensor, labels: Tensor, regression_targets: Tensor
 ) -> dict[str, Tensor]:
     """``{"rpn_objectness", "rpn_box"}``: BCE over sampled anchors and smooth-L1 over sampled
-    positives, both normalised by the number of sampled anchors.
+    positives, both normalized by the number of sampled anchors.
 
     Args:
         objectness: ``(B, N)`` logits; deltas ``(B, N, 4)``; labels ``(B, N)`` as

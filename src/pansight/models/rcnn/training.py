@@ -13,7 +13,7 @@ from torch import Tensor
 
 from pansight.errors import DataError
 from pansight.models.rcnn.config import RCNNConfig
-from pansight.models.rcnn.outputs import RCNNOutputs
+from pansight.models.rcnn.outputs import RCNNOutputs, RCNNTrainingTargets
 from pansight.models.rcnn.roi_heads import box_losses, mask_loss, mask_targets, sample_proposals
 from pansight.models.rcnn.rpn import rpn_losses, rpn_targets
 from pansight.ops.boxes import BalancedSampler, BoxCoder, Matcher
@@ -66,17 +66,17 @@ def _target_masks(target: Target, keep: Tensor, device: torch.device) -> Tensor:
 
 
 def sample_training_examples(
-    outputs: RCNNOutputs,
+    proposals: list[Tensor],
     anchors: Tensor,
     matching: MatchingTargets,
     config: RCNNConfig,
     rpn_coder: BoxCoder,
     roi_coder: BoxCoder,
-) -> list[Tensor]:
-    """Fill the RPN and RoI training fields of ``outputs``; replace its proposals by the
-    sampled RoIs. ``anchors`` ``(N, 4)`` are in padded-input pixels. Returns each RoI's matched
-    ground-truth index per image."""
-    outputs.rpn_labels, outputs.rpn_regression_targets = rpn_targets(
+) -> tuple[list[Tensor], RCNNTrainingTargets, list[Tensor]]:
+    """The RPN's and the RoI heads' training examples: per image the sampled ``(P_i, 4)`` RoIs
+    (replacing the proposals), their targets (without masks), and each RoI's matched
+    ground-truth index. ``anchors`` ``(N, 4)`` are in padded-input pixels."""
+    rpn_labels, rpn_regression_targets = rpn_targets(
         anchors,
         matching.boxes,
         Matcher(config.rpn_fg_iou_thresh, config.rpn_bg_iou_thresh, True),
@@ -84,50 +84,51 @@ def sample_training_examples(
         rpn_coder,
     )
     rois, labels, regression_targets, matched = sample_proposals(
-        outputs.proposals,
+        proposals,
         matching.boxes,
         matching.labels,
         Matcher(config.box_fg_iou_thresh, config.box_bg_iou_thresh),
         BalancedSampler(config.box_batch_size_per_image, config.box_positive_fraction),
         roi_coder,
     )
-    outputs.proposals = rois
-    outputs.roi_labels, outputs.roi_regression_targets = labels, regression_targets
-    return matched
+    targets = RCNNTrainingTargets(rpn_labels, rpn_regression_targets, labels, regression_targets)
+    return rois, targets, matched
 
 
 def positive_rois_with_mask_targets(
-    outputs: RCNNOutputs, matching: MatchingTargets, matched: list[Tensor], side: int
-) -> list[Tensor]:
-    """Per image the ``(R_i, 4)`` positive sampled RoIs; sets ``outputs.mask_targets`` to their
-    ``(sum R_i, side, side)`` ground-truth masks."""
-    positive = [
-        labels > 0 for labels in outputs.roi_labels.split([len(p) for p in outputs.proposals])
-    ]
-    rois = [p[keep] for p, keep in zip(outputs.proposals, positive)]
+    rois: list[Tensor],
+    roi_labels: Tensor,
+    matching: MatchingTargets,
+    matched: list[Tensor],
+    side: int,
+) -> tuple[list[Tensor], Tensor]:
+    """Per image the ``(R_i, 4)`` positive ones of the sampled ``rois`` (``roi_labels`` > 0),
+    and their ``(sum R_i, side, side)`` ground-truth masks."""
+    positive = [labels > 0 for labels in roi_labels.split([len(r) for r in rois])]
+    positive_rois = [r[keep] for r, keep in zip(rois, positive)]
     gt_index = [index[keep] for index, keep in zip(matched, positive)]
-    outputs.mask_targets = mask_targets(matching.masks, rois, gt_index, side)
-    return rois
+    return positive_rois, mask_targets(matching.masks, positive_rois, gt_index, side)
 
 
 def rcnn_losses(outputs: RCNNOutputs, with_masks: bool) -> dict[str, Tensor]:
     """``{"rpn_objectness", "rpn_box", "cls", "box"}`` and ``"mask"`` with masks, from the
     outputs of a training-mode forward."""
-    if outputs.rpn_labels is None or outputs.roi_labels is None:
+    targets = outputs.training_targets
+    if targets is None:
         raise ValueError("loss needs the outputs of a training-mode forward with targets")
     losses = rpn_losses(
         outputs.rpn_objectness,
         outputs.rpn_deltas,
-        outputs.rpn_labels,
-        outputs.rpn_regression_targets,
+        targets.rpn_labels,
+        targets.rpn_regression_targets,
     )
     losses |= box_losses(
         outputs.class_logits,
         outputs.box_regression,
-        outputs.roi_labels,
-        outputs.roi_regression_targets,
+        targets.roi_labels,
+        targets.roi_regression_targets,
     )
     if with_masks:
-        positive_labels = outputs.roi_labels[outputs.roi_labels > 0]
-        losses["mask"] = mask_loss(outputs.mask_logits, positive_labels, outputs.mask_targets)
+        positive_labels = targets.roi_labels[targets.roi_labels > 0]
+        losses["mask"] = mask_loss(outputs.mask_logits, positive_labels, targets.mask_targets)
     return losses

@@ -91,7 +91,7 @@ class YolactOutputs:
     ``A`` counts the anchors of all levels; boxes and priors are relative to the input side.
 
     Attributes:
-        box_deltas: ``(B, A, 4)`` centre-size deltas (variances 0.1, 0.2) on the priors.
+        box_deltas: ``(B, A, 4)`` center-size deltas (variances 0.1, 0.2) on the priors.
         class_logits: ``(B, A, K + 1)``; logit 0 is the background.
         mask_coefficients: ``(B, A, k)`` in ``[-1, 1]`` (tanh).
         prototypes: ``(B, Hp, Wp, k)`` prototype masks (after ReLU), ``Hp = Wp`` a quarter of

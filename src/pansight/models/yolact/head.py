@@ -2,7 +2,7 @@
 the anchors ("priors"), the box coding and the mask assembly.
 
 YOLACT works in *relative* coordinates of its square input: priors and decoded boxes are
-fractions of the input side (``0..1``), priors in centre-size form ``(cx, cy, w, h)``, boxes in
+fractions of the input side (``0..1``), priors in center-size form ``(cx, cy, w, h)``, boxes in
 ``xyxy`` form. Because the input is the whole image resized without keeping its aspect ratio, a
 relative box is also a relative box of the original image.
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BOX_VARIANCES = (0.1, 0.2)
-"""Scales of the centre and of the log-size deltas (``dx = (cx - prior_cx) / (0.1 prior_w)``,
+"""Scales of the center and of the log-size deltas (``dx = (cx - prior_cx) / (0.1 prior_w)``,
 ``dw = log(w / prior_w) / 0.2``)."""
 
 CROP_PADDING = 1
@@ -170,9 +170,9 @@ def yolact_priors(
     square: bool,
     device: torch.device | None = None,
 ) -> Tensor:
-    """``(A_total, 4)`` priors in relative centre-size form ``(cx, cy, w, h)``.
+    """``(A_total, 4)`` priors in relative center-size form ``(cx, cy, w, h)``.
 
-    At level ``i`` of size ``(h_i, w_i)``, location ``(row, col)`` has centre
+    At level ``i`` of size ``(h_i, w_i)``, location ``(row, col)`` has center
     ``((col + 0.5) / w_i, (row + 0.5) / h_i)`` and one prior per aspect ratio ``r`` with
     ``w = scales[i] * sqrt(r) / input_size`` and ``h = scales[i] / sqrt(r) / input_size``; with
     ``square`` (the original's ``use_square_anchors``, kept for its trained models) ``h = w``.
@@ -181,9 +181,9 @@ def yolact_priors(
     roots = torch.tensor([math.sqrt(ratio) for ratio in aspect_ratios], device=device)
     priors = []
     for (height, width), scale in zip(feature_sizes, scales):
-        centre_y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-        centre_x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-        grid_y, grid_x = torch.meshgrid(centre_y, centre_x, indexing="ij")
+        center_y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        center_x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        grid_y, grid_x = torch.meshgrid(center_y, center_x, indexing="ij")
         widths = scale * roots / input_size
         heights = widths if square else scale / roots / input_size
         shape = (height, width, len(aspect_ratios))
@@ -202,23 +202,23 @@ def yolact_priors(
 
 def decode_boxes(deltas: Tensor, priors: Tensor) -> Tensor:
     """Relative xyxy boxes ``(..., N, 4)`` from deltas ``(..., N, 4)`` on priors ``(N, 4)``
-    (centre-size form, :data:`BOX_VARIANCES`; sizes are not clamped)."""
-    centre = priors[:, :2] + deltas[..., :2] * BOX_VARIANCES[0] * priors[:, 2:]
+    (center-size form, :data:`BOX_VARIANCES`; sizes are not clamped)."""
+    center = priors[:, :2] + deltas[..., :2] * BOX_VARIANCES[0] * priors[:, 2:]
     size = priors[:, 2:] * torch.exp(deltas[..., 2:] * BOX_VARIANCES[1])
-    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+    return torch.cat([center - size / 2, center + size / 2], dim=-1)
 
 
 def encode_boxes(boxes: Tensor, priors: Tensor) -> Tensor:
-    """Deltas ``(N, 4)`` taking priors ``(N, 4)`` (centre-size) onto relative xyxy ``boxes``."""
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    """Deltas ``(N, 4)`` taking priors ``(N, 4)`` (center-size) onto relative xyxy ``boxes``."""
+    center = (boxes[:, :2] + boxes[:, 2:]) / 2
     size = boxes[:, 2:] - boxes[:, :2]
-    centre_deltas = (centre - priors[:, :2]) / (BOX_VARIANCES[0] * priors[:, 2:])
+    center_deltas = (center - priors[:, :2]) / (BOX_VARIANCES[0] * priors[:, 2:])
     size_deltas = torch.log(size / priors[:, 2:]) / BOX_VARIANCES[1]
-    return torch.cat([centre_deltas, size_deltas], dim=1)
+    return torch.cat([center_deltas, size_deltas], dim=1)
 
 
 def prior_boxes(priors: Tensor) -> Tensor:
-    """Centre-size priors ``(N, 4)`` as relative xyxy boxes."""
+    """Center-size priors ``(N, 4)`` as relative xyxy boxes."""
     return torch.cat([priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2], 1)
 
 
@@ -264,7 +264,7 @@ def _pixel_span(start: Tensor, end: Tensor, length: int, padding: int) -> tuple[
 
 def init_head_weights(modules: list[nn.Module]) -> None:
     """Xavier-uniform weights and zero biases for every conv of ``modules`` (as the original
-    initialises everything outside the backbone)."""
+    initializes everything outside the backbone)."""
     for module in modules:
         for layer in module.modules():
             if isinstance(layer, nn.Conv2d):

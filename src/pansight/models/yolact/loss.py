@@ -1,6 +1,6 @@
 """YOLACT's training targets and losses.
 
-Boxes are relative xyxy (fractions of the square input side), priors relative centre-size, as
+Boxes are relative xyxy (fractions of the square input side), priors relative center-size, as
 in :mod:`pansight.models.yolact.head`. Anchor labels are ``1..K`` for objects, ``0`` for
 background and ``-1`` for neutral anchors that no loss sees.
 
@@ -93,7 +93,7 @@ def match_priors(
     covering a crowd region by more than ``crowd_iou`` (of the prior's area) become neutral.
 
     Args:
-        priors: ``(A, 4)`` relative centre-size priors.
+        priors: ``(A, 4)`` relative center-size priors.
 
     Returns:
         ``labels`` ``(A,)`` int64 (``1..K``, ``0`` background, ``-1`` neutral) and ``matched``
@@ -190,7 +190,7 @@ def _mask_loss(
     matched: Tensor,
     config: YolactConfig,
 ) -> Tensor:
-    """Summed, box-area-normalised mask BCE of one image's ``positive`` ``(A,)`` anchors, each
+    """Summed, box-area-normalized mask BCE of one image's ``positive`` ``(A,)`` anchors, each
     compared with its ``matched`` ``(A,)`` object. At most ``masks_to_train`` random positives
     are used, their loss scaled up by ``P / masks_to_train``."""
     prototypes = outputs.prototypes[index]

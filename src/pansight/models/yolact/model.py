@@ -136,7 +136,7 @@ class Yolact(PansightModel):
         return deltas, logits, coefficients
 
     def priors(self, p_levels: dict[str, Tensor]) -> Tensor:
-        """``(A, 4)`` relative centre-size anchors for the levels' sizes."""
+        """``(A, 4)`` relative center-size anchors for the levels' sizes."""
         sizes = [
             (int(p_levels[level].shape[-2]), int(p_levels[level].shape[-1])) for level in LEVELS
         ]

@@ -10,14 +10,14 @@ const CARD_SIDE = 256; // short side of a ladder card
 const page = { models: [], palette: [[0, 0, 0]], minScore: 0.3, image: null, blob: null };
 const $ = (id) => document.getElementById(id);
 
-// ---------- colours (pansight.viz's palette, sent by /api/models) ----------
+// ---------- colors (pansight.viz's palette, sent by /api/models) ----------
 
 function color(index) {
   return page.palette[index % page.palette.length];
 }
 
 function shade(rgb, index) {
-  // The index-th shade of a class colour for the things of a panoptic map, as viz draws them.
+  // The index-th shade of a class color for the things of a panoptic map, as viz draws them.
   if (index === 0) return rgb;
   const step = Math.min(0.25 * Math.floor((index + 1) / 2), 0.75);
   const target = index % 2 ? 255 : 0;

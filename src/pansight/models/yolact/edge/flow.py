@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 FLOW_SCALE = 8.0
 """A flow value ``f`` moves the sampling point by ``f / FLOW_SCALE`` in ``grid_sample``'s
-normalised coordinates (``-1..1`` across the map, ``align_corners=True``), i.e. by
+normalized coordinates (``-1..1`` across the map, ``align_corners=True``), i.e. by
 ``f (w - 1) / 16`` pixels of a map ``w`` pixels wide (the original's ``deform_op``)."""
 
 LEAKY_SLOPE = 0.1
@@ -51,7 +51,7 @@ def warp(features: Tensor, flow: Tensor) -> Tensor:
     """Backward-warp ``features`` ``(B, C, h, w)`` by ``flow`` ``(B, 2, h, w)``.
 
     Output pixel ``(y, x)`` is ``features`` sampled bilinearly (zeros outside, as
-    ``grid_sample(align_corners=True)``) at normalised position
+    ``grid_sample(align_corners=True)``) at normalized position
     ``(-1 + 2 x / (w - 1) + flow_x / 8, -1 + 2 y / (h - 1) + flow_y / 8)``: a flow of
     ``16 d / (w - 1)`` in x reads the features ``d`` pixels to the right (:data:`FLOW_SCALE`).
     """
@@ -173,7 +173,7 @@ class SPA(nn.Module):
 
 def init_flow_weights(*modules: nn.Module) -> None:
     """Kaiming-normal convs (fan in, LeakyReLU slope 0.1) with zero biases, as the original
-    initialises its flow encoder and SPA; every flow prediction starts with scale bias 1."""
+    initializes its flow encoder and SPA; every flow prediction starts with scale bias 1."""
     for module in modules:
         for layer in module.modules():
             if isinstance(layer, nn.Conv2d):

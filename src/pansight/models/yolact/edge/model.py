@@ -16,7 +16,7 @@ A video is processed frame by frame with a :class:`StreamState`.
 
 The layout and rules follow the original's ``yolact_edge_vid`` configuration: flow warping
 of ``P4``/``P5`` only (``warp_layers="P4P5"``), one flow per level (``flow_layer="each"``), scale
-and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalised SPA. Checkpoints of the
+and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalized SPA. Checkpoints of the
 original implementation are read by :mod:`pansight.models.yolact.edge.original_import`.
 
 Training has three stages (``train_stage``), as the original's:
@@ -52,7 +52,7 @@ from pansight.models.yolact.edge.flow import (
 )
 from pansight.models.yolact.head import merge_top_down
 from pansight.models.yolact.model import Yolact, YolactConfig, YolactOutputs
-from pansight.ops.histograms import colour_histograms
+from pansight.ops.histograms import color_histograms
 from pansight.structures import Detections, ImageBatch, Target
 
 TRAIN_STAGES = ("image", "flow", "video")
@@ -75,9 +75,9 @@ class YolactEdgeConfig(YolactConfig):
             encoder has ``E``, ``2E`` and ``4E`` channels at strides 1, 2 and 4 of ``c3``.
         train_stage: what training teaches (see the module docstring): ``image``, ``flow`` or
             ``video``.
-        scene_cut_threshold: a frame whose colour histogram differs from the keyframe's by more
+        scene_cut_threshold: a frame whose color histogram differs from the keyframe's by more
             than this (total variation distance, ``0..1``; see
-            :func:`~pansight.ops.histograms.colour_histograms`) is a new
+            :func:`~pansight.ops.histograms.color_histograms`) is a new
             scene and becomes a keyframe (``0`` turns the check off). On the synthetic world's
             clips frames of one clip differ by at most 0.1 and frames of different clips by
             0.3 or more.
@@ -115,8 +115,8 @@ class KeyframeFeatures:
         c3_lateral: ``(B, C, H/8, W/8)`` lateral 1x1 conv of ``c3``.
         p4: ``(B, C, H/16, W/16)`` FPN phase-1 ``p4`` (top-down sum before its 3x3 conv).
         p5: ``(B, C, H/32, W/32)`` FPN phase-1 ``p5``.
-        histograms: ``(B, HISTOGRAM_BINS ** 3)`` colour histograms of the keyframes
-            (:func:`~pansight.ops.histograms.colour_histograms`).
+        histograms: ``(B, HISTOGRAM_BINS ** 3)`` color histograms of the keyframes
+            (:func:`~pansight.ops.histograms.color_histograms`).
         reduced_c3: ``flow_reduce(c3_lateral)`` ``(B, E, H/8, W/8)`` once a non-keyframe has
             computed it (inference only), else ``None``.
     """
@@ -310,12 +310,12 @@ class YolactEdge(Yolact):
         return state.frames_since_keyframe + 1 >= self.config.keyframe_interval
 
     def is_scene_cut(self, keyframe: KeyframeFeatures, batch: ImageBatch) -> bool:
-        """Whether the colour histogram of any image of ``batch`` is farther than
+        """Whether the color histogram of any image of ``batch`` is farther than
         ``scene_cut_threshold`` (total variation distance) from its keyframe's."""
         threshold = self.config.scene_cut_threshold
         if threshold <= 0:
             return False
-        distance = 0.5 * (colour_histograms(batch.tensor) - keyframe.histograms).abs().sum(dim=1)
+        distance = 0.5 * (color_histograms(batch.tensor) - keyframe.histograms).abs().sum(dim=1)
         return bool((distance > threshold).any())
 
     def keyframe_top_down(self, batch: ImageBatch) -> tuple[dict[str, Tensor], KeyframeFeatures]:
@@ -325,7 +325,7 @@ class YolactEdge(Yolact):
             c3_lateral.detach(),
             top_down["p4"].detach(),
             top_down["p5"].detach(),
-            colour_histograms(batch.tensor),
+            color_histograms(batch.tensor),
         )
         return top_down, features
 
