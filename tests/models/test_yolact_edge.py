@@ -31,6 +31,7 @@ from pansight.models.yolact.edge.original_import import (
     original_edge_to_pansight_key,
     pansight_to_original_edge_key,
 )
+from pansight.models.yolact.edge.training import transfer_features
 from pansight.structures import Detections
 
 DATA = Path(__file__).parent / "data"
@@ -144,7 +145,7 @@ def test_transfer_features_trains_the_flow_module_not_the_backbone():
     model = build().train()
     keyframe_batch, _ = model.preprocess([frame(4), frame(5)])
     frame_batch, _ = model.preprocess([frame(6), frame(7)])
-    pair = model.transfer_features(keyframe_batch, frame_batch)
+    pair = transfer_features(model, keyframe_batch, frame_batch)
     assert set(pair.reference) == set(pair.transferred) == {"p3", "p4", "p5"}
     for name in ("p3", "p4", "p5"):
         assert pair.transferred[name].shape == pair.reference[name].shape

@@ -17,10 +17,13 @@ from pansight.data.shapes_video import (
 from pansight.engine.checkpoint import load_checkpoint, save_checkpoint
 from pansight.errors import CheckpointError, ConfigError
 from pansight.models import zoo
-from pansight.models.yolact.edge.model import (
+from pansight.models.registry import training_view
+from pansight.models.yolact.edge.model import YolactEdge
+from pansight.models.yolact.edge.training import (
     FeatureTransfer,
+    FlowStage,
     FramePairBatch,
-    YolactEdge,
+    VideoStage,
     feature_distance,
 )
 
@@ -33,10 +36,10 @@ def build(stage: str, seed: int = 0) -> YolactEdge:
     return zoo.build_model("yolact_edge_r18", CLASS_NAMES, TINY | {"train_stage": stage})
 
 
-def pair_batch(model: YolactEdge, count: int = 2):
+def pair_batch(stage, count: int = 2):
     pairs = ShapesFramePairs(num_pairs=count, image_size=64)
     images, targets = zip(*(pairs[index] for index in range(count)))
-    return model.preprocess(list(images), list(targets))
+    return stage.preprocess(list(images), list(targets))
 
 
 def body_statistics(model: YolactEdge) -> list[torch.Tensor]:
@@ -63,12 +66,14 @@ def test_video_frames_are_the_frames_of_whole_clips_in_order():
 
 def test_flow_stage_trains_only_the_flow_module_on_the_feature_distance():
     model = build("flow").train()
+    stage = training_view(model)
+    assert isinstance(stage, FlowStage) and stage.model is model
     statistics = body_statistics(model)
-    batch, targets = pair_batch(model)
+    batch, targets = pair_batch(stage)
     assert isinstance(batch, FramePairBatch) and len(batch) == 2
-    outputs = model(batch, targets)
+    outputs = stage(batch, targets)
     assert isinstance(outputs, FeatureTransfer)
-    losses = model.loss(outputs, targets)
+    losses = stage.loss(outputs, targets)
     assert list(losses) == ["feature"] and torch.isfinite(losses["feature"])
     losses["feature"].backward()
     for name, parameter in model.named_parameters():
@@ -84,23 +89,26 @@ def test_flow_stage_trains_only_the_flow_module_on_the_feature_distance():
 def test_flow_stage_learns_to_transfer_features():
     """A few steps on one batch of pairs lower the feature distance."""
     model = build("flow").train()
-    batch, targets = pair_batch(model)
+    stage = training_view(model)
+    batch, targets = pair_batch(stage)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     first = None
     for _ in range(25):
-        loss = feature_distance(model(batch, targets))
+        loss = feature_distance(stage(batch, targets))
         first = float(loss.detach()) if first is None else first
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(feature_distance(model(batch, targets)).detach()) < 0.7 * first
+    assert float(feature_distance(stage(batch, targets)).detach()) < 0.7 * first
 
 
 def test_video_stage_trains_all_but_the_resnet_with_yolacts_losses():
     model = build("video").train()
+    stage = training_view(model)
+    assert isinstance(stage, VideoStage)
     statistics = body_statistics(model)
-    batch, targets = pair_batch(model)
-    losses = model.loss(model(batch, targets), targets)
+    batch, targets = pair_batch(stage)
+    losses = stage.loss(stage(batch, targets), targets)
     assert {"box", "cls", "mask"} <= set(losses)
     sum(losses.values()).backward()
     assert all(p.grad is None for p in model.body.parameters())
@@ -111,10 +119,10 @@ def test_video_stage_trains_all_but_the_resnet_with_yolacts_losses():
 
 
 def test_mixed_images_and_pairs_are_refused():
-    model = build("flow")
+    stage = training_view(build("flow"))
     pair, _ = ShapesFramePairs(num_pairs=1, image_size=48)[0]
     with pytest.raises(Exception, match=r"\(2, 3, H, W\)"):
-        model.preprocess([pair, pair[0]])
+        stage.preprocess([pair, pair[0]])
 
 
 def test_stage_needs_a_known_name_and_the_flow_module():

@@ -44,6 +44,7 @@ from pansight.engine.optim import build_optimizer, build_scheduler
 from pansight.engine.precision import resolve_precision
 from pansight.errors import CheckpointError, ConfigError, DataError, TrainingError
 from pansight.models.base import PansightModel
+from pansight.models.registry import training_view
 from pansight.structures import ImageBatch, Target
 
 Evaluate = Callable[[PansightModel], dict[str, float]]
@@ -124,7 +125,8 @@ class Trainer:
         memory_format = torch.channels_last if self.precision.channels_last else None
         self.model = model.to(self.device, memory_format=memory_format)
         self.frozen = freeze_modules(self.model, config.freeze)
-        self.network = self._parallel(self.model)
+        self.step_module = training_view(self.model)
+        self.network = self._parallel(self.step_module)
         self.batches_per_epoch = len(self._loader(epoch=0))
         if self.batches_per_epoch == 0:
             raise DataError(f"the training set is empty ({len(train_set)} samples)")
@@ -192,7 +194,7 @@ class Trainer:
         dtype = self.precision.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             outputs = self.network(batch, targets)
-            losses = self.model.loss(outputs, targets)
+            losses = self.step_module.loss(outputs, targets)
         total = sum(losses.values())
         values = self._checked_values(losses, total)
         self.optimizer.zero_grad(set_to_none=True)
@@ -238,7 +240,7 @@ class Trainer:
     ) -> tuple[ImageBatch, list[Target]]:
         """Images onto the device, resized and padded by the model; targets into its frame."""
         images = [image.to(self.device, non_blocking=True) for image in images]
-        batch, targets = self.model.preprocess(
+        batch, targets = self.step_module.preprocess(
             images, [target.to(self.device) for target in targets]
         )
         if self.precision.channels_last:
@@ -355,7 +357,7 @@ class Trainer:
         """The epoch of the last finished iteration (0-based)."""
         return max(self.iteration - 1, 0) // self.batches_per_epoch
 
-    def _parallel(self, model: PansightModel) -> torch.nn.Module:
+    def _parallel(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` wrapped for data parallelism under ``torchrun``, else ``model`` itself."""
         if not distributed.is_distributed():
             return model

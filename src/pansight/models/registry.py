@@ -117,6 +117,9 @@ class Family:
         recipes: training settings (``TrainConfig`` keys, dotted) per task, for its models.
         export: how each of its model classes exports; a class absent does not export.
         weight_formats: foreign state-dict layouts it imports.
+        training_views: per model class, ``view(model)``: what the trainer runs per step
+            (``preprocess``, ``forward``, ``loss``) when it is not the model itself, e.g. a
+            training stage on frame pairs; the model's weights are what it trains and saves.
     """
 
     name: str
@@ -124,6 +127,7 @@ class Family:
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     export: Mapping[type, ExportSpec] = field(default_factory=dict)
     weight_formats: tuple[WeightFormat, ...] = ()
+    training_views: Mapping[type, Callable[[Any], Any]] = field(default_factory=dict)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -171,6 +175,15 @@ def family_of_model(name: str) -> Family | None:
 def export_spec_of(model_cls: type) -> ExportSpec | None:
     """The export spec of ``model_cls`` (``None``: it does not export)."""
     return next((f.export[model_cls] for f in families() if model_cls in f.export), None)
+
+
+def training_view(model: Any) -> Any:
+    """What the trainer runs per step for ``model`` (see :attr:`Family.training_views`)."""
+    for family in families():
+        view = family.training_views.get(type(model))
+        if view is not None:
+            return view(model)
+    return model
 
 
 class ModelTable(Mapping[str, ModelEntry]):

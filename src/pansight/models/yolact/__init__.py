@@ -18,6 +18,7 @@ from pansight.models.yolact.edge.original_import import (
     is_original_yolact_edge,
     original_yolact_edge_model,
 )
+from pansight.models.yolact.edge.training import training_view
 from pansight.models.yolact.model import Yolact, YolactConfig, YolactOutputs
 from pansight.models.yolact.original_import import (
     import_original_yolact,
@@ -111,6 +112,7 @@ FAMILY = register(
                 predictor="pansight.export.yolact_edge:YolactEdgeOnnxPredictor",
             ),
         },
+        training_views={YolactEdge: training_view},
         weight_formats=(
             WeightFormat(
                 "original YolactEdge",

@@ -22,13 +22,14 @@ original implementation are read by :mod:`pansight.models.yolact.edge.original_i
 Training has three stages (``train_stage``), as the original's:
 
 - ``image``: YOLACT's losses on single images (every image is a keyframe);
-- ``flow``: on pairs of frames of a clip (:class:`FramePairBatch`), only the flow module and SPA
+- ``flow``: on pairs of frames of a clip, only the flow module and SPA
   learn, self-supervised: the distance between the frame's features transferred from the
-  keyframe and those computed fully on the frame (:func:`feature_distance`);
+  keyframe and those computed fully on the frame;
 - ``video``: on pairs of frames, YOLACT's losses on the transferred non-keyframe features,
   fine-tuning the flow module, SPA, FPN, protonet and head (the ResNet stays as it is).
 
-In the ``flow`` and ``video`` stages the ResNet's batch norms keep their statistics.
+In the ``flow`` and ``video`` stages the ResNet's batch norms keep their statistics; the
+trainer runs those stages through their wrappers in :mod:`pansight.models.yolact.edge.training`.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from pansight.errors import ConfigError, DataError
+from pansight.errors import ConfigError
 from pansight.models.streaming import stream_detections
 from pansight.models.yolact.edge.flow import (
     SPA,
@@ -53,7 +53,7 @@ from pansight.models.yolact.edge.flow import (
 from pansight.models.yolact.head import merge_top_down
 from pansight.models.yolact.model import Yolact, YolactConfig, YolactOutputs
 from pansight.ops.histograms import color_histograms
-from pansight.structures import Detections, ImageBatch, Target
+from pansight.structures import Detections, ImageBatch
 
 TRAIN_STAGES = ("image", "flow", "video")
 FLOW_MODULES = ("flow_reduce", "flow_net", "spa")
@@ -128,22 +128,6 @@ class KeyframeFeatures:
     reduced_c3: Tensor | None = None
 
 
-@dataclass
-class FramePairBatch:
-    """Training pairs of video frames: each frame beside an earlier keyframe of its clip.
-
-    Attributes:
-        keyframes: the keyframes, preprocessed.
-        frames: the later frames (the ones the targets describe), preprocessed.
-    """
-
-    keyframes: ImageBatch
-    frames: ImageBatch
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-
 @dataclass(frozen=True)
 class StreamState:
     """Where a video stream stands after a frame (see :meth:`YolactEdge.forward_frame`).
@@ -164,25 +148,6 @@ class StreamState:
     @property
     def last_was_keyframe(self) -> bool:
         return self.frames_since_keyframe == 0
-
-
-@dataclass
-class FeatureTransfer:
-    """A frame's FPN phase-1 features computed two ways, for a feature-distance loss.
-
-    Attributes:
-        reference: ``{"p3", "p4", "p5"}`` by the full path on the frame (no gradient).
-        transferred: ``{"p3", "p4", "p5"}`` by the non-keyframe path from the keyframe
-            (gradients reach the flow module and SPA).
-        flows: :class:`FlowEstimate` at ``"p5"``, ``"p4"`` and ``"p3"`` resolution.
-
-    ``model.fpn.smooth(...)`` turns either into ``p3..p7`` (the original's "P" loss location,
-    phase 1 being its "L").
-    """
-
-    reference: dict[str, Tensor]
-    transferred: dict[str, Tensor]
-    flows: dict[str, FlowEstimate]
 
 
 class YolactEdge(Yolact):
@@ -224,47 +189,6 @@ class YolactEdge(Yolact):
         if self.config.train_stage != "image":
             self.body.eval()
         return self
-
-    def preprocess(
-        self, images: list[Tensor], targets: list[Target] | None = None
-    ) -> tuple[ImageBatch | FramePairBatch, list[Target] | None]:
-        """YOLACT's preprocessing of ``(3, h, w)`` images; ``(2, 3, h, w)`` frame pairs
-        (keyframe, frame; targets describe the frame) give a :class:`FramePairBatch`."""
-        if not any(image.dim() == 4 for image in images):
-            return super().preprocess(images, targets)
-        for index, pair in enumerate(images):
-            if pair.dim() != 4 or pair.shape[0] != 2:
-                raise DataError(
-                    f"sample {index} has shape {tuple(pair.shape)}; a batch of frame pairs "
-                    "needs (2, 3, H, W) for every sample"
-                )
-        keyframes, _ = super().preprocess([pair[0] for pair in images])
-        frames, targets = super().preprocess([pair[1] for pair in images], targets)
-        return FramePairBatch(keyframes, frames), targets
-
-    def forward(
-        self, batch: ImageBatch | FramePairBatch, targets: list[Target] | None = None
-    ) -> YolactOutputs | FeatureTransfer:
-        """YOLACT's forward for an :class:`ImageBatch`. For a :class:`FramePairBatch`: the
-        :class:`FeatureTransfer` in the ``flow`` stage, otherwise the frames' outputs from
-        features transferred from their keyframes (no gradient reaches the keyframe path)."""
-        if isinstance(batch, ImageBatch):
-            return super().forward(batch, targets)
-        if self.config.train_stage == "flow":
-            return self.transfer_features(batch.keyframes, batch.frames)
-        with torch.no_grad():
-            _, keyframe = self.keyframe_top_down(batch.keyframes)
-        top_down, _ = self.transferred_top_down(batch.frames, keyframe)
-        return self.outputs_from_levels(self.fpn.smooth(top_down))
-
-    def loss(
-        self, outputs: YolactOutputs | FeatureTransfer, targets: list[Target]
-    ) -> dict[str, Tensor]:
-        """YOLACT's losses, or ``{"feature"}`` (:func:`feature_distance`) for a
-        :class:`FeatureTransfer`."""
-        if isinstance(outputs, FeatureTransfer):
-            return {"feature": feature_distance(outputs)}
-        return super().loss(outputs, targets)
 
     # -- video -----------------------------------------------------------------------------
 
@@ -374,17 +298,6 @@ class YolactEdge(Yolact):
         priors = self.priors(p_levels)
         return YolactOutputs(deltas, logits, coefficients, prototypes, priors, semantic_logits)
 
-    def transfer_features(
-        self, keyframe_batch: ImageBatch, frame_batch: ImageBatch
-    ) -> FeatureTransfer:
-        """``frame_batch``'s phase-1 features by the full path and transferred from
-        ``keyframe_batch`` (same batch size), for training the flow module."""
-        with torch.no_grad():
-            _, keyframe = self.keyframe_top_down(keyframe_batch)
-            reference, _ = self.keyframe_top_down(frame_batch)
-        transferred, flows = self.transferred_top_down(frame_batch, keyframe, finest_flow=True)
-        return FeatureTransfer(reference, transferred, flows)
-
     @torch.no_grad()
     def predict_video_frame(
         self, image: Tensor, state: StreamState | None = None, keyframe: bool | None = None
@@ -404,12 +317,3 @@ class YolactEdge(Yolact):
     def predict_video(self, frames: Iterable[Tensor]) -> list[Detections]:
         """Detections of each ``(3, h, w)`` frame, keyframes every ``keyframe_interval``."""
         return list(stream_detections(self, frames))
-
-
-def feature_distance(transfer: FeatureTransfer) -> Tensor:
-    """The flow stage's loss: mean squared difference between the transferred and the fully
-    computed phase-1 features, summed over ``p3``, ``p4`` and ``p5``."""
-    return sum(
-        F.mse_loss(transfer.transferred[level].float(), transfer.reference[level].float())
-        for level in ("p3", "p4", "p5")
-    )
