@@ -1,20 +1,12 @@
 """``pansight demo``: the main job on the embedded synthetic world.
 
-It draws the world's ground truth, then climbs the ladder: for each rung it trains a model,
-evaluates it on the validation split, checks its headline metric against the rung's floor and
-draws its predictions. A task trained by two models (instance segmentation: Mask R-CNN and
-YOLACT) also gets a picture of both models' predictions on the same images. It ends with the
-ladder figure: one validation image seen by every rung's model, side by side, chosen so that
-every rung is right on it. Everything lands under one folder; ``summary.json`` holds the
-metrics and times.
+:func:`run_demo` draws the world's ground truth, then climbs the ladder: for each rung it trains
+a model (all rungs share one ResNet-18 body; the detector trains from scratch, every other rung
+starts from an earlier rung's weights), evaluates it, checks its headline metric against the
+rung's floor and draws its predictions. It ends with the ladder figure. Everything lands under
+one folder; ``summary.json`` holds the metrics and times.
 
-The rungs share one ResNet-18 body. The detector trains first, from scratch, on multi-object
-scenes (boxes and classes of several things per image are the richest signal the world gives);
-every other rung starts from an earlier rung's weights (``init``): Mask R-CNN from the whole
-detector (only its mask branch is new), the classifier, YOLACT and Panoptic FPN from Mask
-R-CNN, the localizer from the classifier, and the FCN from YOLACT, whose semantic loss has
-taught its body per-pixel classes. Warm-started rungs need a fraction of the iterations, and
-the whole ladder trains in minutes on a laptop CPU.
+See docs/demo.md for the steps, the figures and which rung starts from which.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """What the processor can do, read once per process: the facts that choose precision and kernels.
 
-pansight runs on processors that differ in what they compute natively. An AVX-512 Xeon with
-AVX512-BF16 or AMX runs bfloat16 convolutions in hardware; an AVX2 processor (many AMD EPYCs,
-older Xeons) has oneDNN emulate them, 10 to 20 times slower than float32. onnxruntime's int8
-kernels multiply uint8 activations by int8 weights with VNNI where the processor has it; without
-VNNI they use ``vpmaddubsw``, whose 16-bit pair sums saturate unless the weights keep to 7 bits.
+:func:`processor` gathers what torch reports (its ATen kernel level, oneDNN's bf16 support, the
+CPUID flags torch reads) and the environment caps that narrow it (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``). :func:`native_bf16` (bfloat16 in hardware) and
+:func:`int8_needs_reduced_range` (no VNNI, so int8 weights in 7 bits) turn them into decisions;
+:func:`describe` is the one-line header every bench prints.
 
-:func:`processor` gathers what torch reports (its ATen kernel level, oneDNN's bf16 support,
-the CPUID flags torch reads) and the environment caps that narrow it
-(``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``). :func:`native_bf16` and
-:func:`int8_needs_reduced_range` turn them into decisions; :func:`describe` is the one-line
-header every bench prints.
+See docs/training.md for what these facts cost on the processors pansight runs on.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 from torch import Tensor
 from torchvision.ops import box_convert
 
@@ -297,8 +298,6 @@ class Detections:
 
     def to_coco(self, image_id: int, category_ids: list[int]) -> list[dict[str, Any]]:
         """COCO results records; masks become compressed RLE."""
-        from pycocotools import mask as mask_utils
-
         records = []
         xywh = box_convert(self.boxes, "xyxy", "xywh").tolist()
         for i in range(len(self)):

@@ -1,14 +1,11 @@
 """Pictures of how YOLACT assembles its masks from prototypes and per-detection coefficients.
 
-The picture of one image has two parts: the grid of its ``k`` prototype masks (each scaled to
-its own minimum..maximum, captioned with its index ``j``), then one row per detection (the
-highest scores first): the image with the detection's final mask and box in the detection's
-color (the color :func:`pansight.viz.draw_result` gives it), its ``k`` coefficients as bars
-(blue above the zero line for positive, red below for negative, full height = 1), and its
-assembled mask probabilities ``sigmoid(sum_j c_j P_j)`` cropped to its box (white = 1).
+:func:`draw_mask_composition` draws one image's grid of ``k`` prototype masks, then one row per
+detection (the highest scores first): the image with the detection's final mask and box, its
+``k`` coefficients as bars, and its assembled mask probabilities ``sigmoid(sum_j c_j P_j)``
+cropped to its box. Tiles keep the image's aspect ratio.
 
-Tiles keep the image's aspect ratio: prototypes are computed on the square input frame, and
-resizing them to the image's shape is what the mask upsampling does too.
+See docs/demo.md for the layout, colors and scales.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ def draw_mask_composition(
     max_detections: int = MAX_DETECTIONS_SHOWN,
 ) -> Tensor:
     """The prototypes of one image and, for its ``max_detections`` best detections, their
-    coefficients and assembled masks (see the module docstring for the layout).
+    coefficients and assembled masks (docs/demo.md describes the layout).
 
     Args:
         image: ``(3, H, W)`` float in ``[0, 1]``, the original image.

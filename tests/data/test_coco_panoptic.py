@@ -21,7 +21,8 @@ from pansight.data.coco_panoptic import (
 )
 from pansight.data.shapes import ALL_CLASSES, COCO_CATEGORY_IDS, THING_FLAGS, render_sample
 from pansight.errors import DataError
-from pansight.metrics.panoptic import PanopticMetric, evaluate_panoptic_files
+from pansight.metrics.panoptic import PanopticMetric
+from pansight.metrics.panoptic_files import evaluate_panoptic_files
 from pansight.structures import PanopticMap, Segment, Target
 
 SIZE = 48

@@ -16,6 +16,7 @@ from pansight.cli import main
 from pansight.data.images import write_image
 from pansight.data.shapes import THING_CLASSES, ShapesDataset
 from pansight.data.shapes_coco import write_coco
+from pansight.errors import CheckpointError
 from pansight.models.yolact import Yolact
 from pansight.serve import create_app
 from pansight.serve.encoding import encode_png
@@ -97,3 +98,22 @@ def test_serve_takes_the_original_file(original_file):
     assert [model["task"] for model in models["models"]] == ["instance"]
     assert response.status_code == 200, response.text
     assert "detections" in response.json()["result"]
+
+
+@pytest.mark.parametrize(
+    ("contents", "reason"),
+    [
+        ({"fc.weight": torch.zeros(2, 2)}, "neither a pansight checkpoint nor an ONNX export"),
+        (b"not a torch file", "cannot read checkpoint"),
+    ],
+)
+def test_a_file_that_holds_no_model_gets_one_error_naming_it(tmp_path, contents, reason):
+    path = tmp_path / "weights.pth"
+    if isinstance(contents, bytes):
+        path.write_bytes(contents)
+    else:
+        torch.save(contents, path)
+    with pytest.raises(CheckpointError, match=f"{path}: {reason}"):
+        pansight.load(path)
+    with pytest.raises(CheckpointError, match="no such model file"):
+        pansight.load(tmp_path / "absent.pth")

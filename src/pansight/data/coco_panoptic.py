@@ -1,15 +1,13 @@
 """The COCO panoptic PNG format: segment ids stored as colors.
 
-A COCO panoptic PNG stores in every pixel the id of its segment as ``R + 256 G + 256^2 B``
-(``0``: void). The panoptic JSON lists, per image, the PNG's ``file_name`` and each segment's
-``id``, ``category_id``, ``area``, ``bbox`` (``xywh`` pixel extents) and ``iscrowd``; its
-``categories`` say which are things (``isthing``). Prediction files have the same layout (only
-``annotations`` is needed; ``area``, ``bbox`` and ``iscrowd`` are optional).
-
-This module writes maps (:func:`write_panoptic`) and reads any such JSON and its PNGs into
+A COCO panoptic PNG holds in every pixel the id of its segment as ``R + 256 G + 256^2 B``
+(``0``: void); a panoptic JSON lists each image's PNG and segments. This module writes maps
+(:func:`write_panoptic`) and reads any such JSON and its PNGs into
 :class:`~pansight.structures.PanopticMap` (:func:`load_panoptic_json`,
 :func:`read_panoptic_record`), as the panoptic metric does. The data set reading these files with
 their images is :class:`pansight.data.coco.CocoPanoptic`.
+
+See docs/data.md for the JSON layout and what prediction files need.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """The one place a :class:`~pansight.config.DataConfig` becomes a data set.
 
-- ``shapes``: the synthetic world (:mod:`pansight.data.shapes`); every task
-  (classify and localize need ``mode=single``).
-- ``digits``: scikit-learn's handwritten digits; classify.
-- ``folder``: ``root/<class>/<image>`` or ``root/{train,val}/<class>/<image>``; classify.
-- ``coco``: ``root/annotations/*.json`` with images in ``root/images/<split>/``; detect,
-  instance, semantic, panoptic.
-- ``labels``: PNG label masks (:mod:`pansight.data.label_folders`); semantic.
-- ``shapes_video``: clips of the synthetic world (:mod:`pansight.data.shapes_video`); instance.
-  Training samples are frame pairs (a keyframe and a later frame, for video models such as
-  YolactEdge); validation samples are the frames of whole clips. :func:`build_clips` gives
-  whole clips for video evaluation.
-- ``youtube_vis``: YouTube-VIS annotations (:mod:`pansight.data.youtube_vis`); video evaluation
-  only (:func:`build_clips`).
+:func:`build_dataset` builds the split of the data set a config names (``shapes``, ``digits``,
+``folder``, ``coco``, ``labels``, ``shapes_video`` or ``youtube_vis``) for a task;
+:func:`build_clips` gives whole clips for video evaluation. For ``semantic``, a data set with
+richer targets is seen through :class:`~pansight.data.label_folders.SemanticView`: its classes
+are the semantic label space.
 
-For ``semantic``, a data set with richer targets is seen through
-:class:`~pansight.data.label_folders.SemanticView`: its classes are the semantic label space.
+See docs/data.md for each kind's layout and the tasks it serves.
 """
 
 from __future__ import annotations

@@ -168,6 +168,7 @@ class DigitsDataset(Dataset):
     def __init__(
         self, split: str = "train", val_fraction: float = 0.2, seed: int = 0, image_size: int = 32
     ) -> None:
+        # scikit-learn is optional: only the digits data set needs it
         from sklearn.datasets import load_digits
 
         _check_split(split, ("train", "val"))

@@ -1,14 +1,12 @@
 """Semantic-segmentation data: folders of PNG label masks, and the semantic view of richer data.
 
-A label-mask folder is laid out as::
+A folder holds ``classes.txt`` (line i names label i), the images under ``images/<split>/`` and
+one single-channel PNG per image under ``labels/<split>/`` (same name stem), whose pixels hold
+labels ``0..K-1`` or 255 (ignored); ``<split>`` is ``train`` or ``val``.
+:class:`LabelFolderDataset` reads such a folder; :class:`SemanticView` shows a data set with
+richer targets as a semantic-only one.
 
-    root/classes.txt                    one class name per line (line i names label i)
-    root/images/<split>/<name>.<ext>    the images (png, jpg, ...)
-    root/labels/<split>/<name>.png      one single-channel PNG per image, same name stem:
-                                        each pixel holds its label 0..K-1, or 255 (ignored)
-
-with ``<split>`` ``train`` or ``val``. Label PNGs may be gray (8 or 16 bit) or palette PNGs
-(the palette index is the label, as in Pascal VOC).
+See docs/data.md for the layout in full and the PNG kinds accepted.
 """
 
 from __future__ import annotations
@@ -93,7 +91,7 @@ def read_class_names(path: Path) -> list[str]:
 
 
 class LabelFolderDataset(Dataset):
-    """Images and their PNG label masks in a folder (layout in the module docstring).
+    """Images and their PNG label masks in a folder (layout in docs/data.md).
 
     Items are ``(image, target)``: ``(3, H, W)`` float in ``[0, 1]`` and a
     :class:`~pansight.structures.Target` with ``semantic`` ``(H, W)`` int64 (``IGNORE_LABEL``

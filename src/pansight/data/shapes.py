@@ -1,17 +1,12 @@
 """The embedded synthetic world: colored things over textured stuff, with targets for every rung.
 
-A sample is a landscape of stuff (sky above a wavy horizon; grass, road and water below it,
-split by wavy borders) with things (circle, square, triangle, star, ring) drawn over it one after
-the other, later things occluding earlier ones. The owner of every pixel is known exactly, so one
-render fills every field of a :class:`~pansight.structures.Target`: the class and box (single
-mode), boxes, labels and visible masks, the semantic map and the panoptic map.
+A sample is a landscape of stuff (sky, grass, road, water) with things (circle, square, triangle,
+star, ring) drawn over it, later things occluding earlier ones; the owner of every pixel is known
+exactly, so one render fills every field of a :class:`~pansight.structures.Target`. Every sample
+is a function of ``(seed, split, index)`` alone. :func:`render_sample` draws one sample;
+:class:`ShapesDataset` serves them.
 
-Pixel ``(row i, column j)`` covers ``[j, j + 1) x [i, i + 1)`` and belongs to a shape when its
-center ``(j + 0.5, i + 0.5)`` does. Boxes are the pixel extents of the visible mask in ``xyxy``
-(a mask spanning columns 3..7 has ``x1 = 3``, ``x2 = 8``), as COCO's ``bbox`` of a mask.
-
-Every sample is a function of ``(seed, split, index)`` alone: the same arguments give the same
-pixels and targets, whatever was rendered before.
+See docs/data.md for the world, the pixel and box conventions and determinism.
 """
 
 from __future__ import annotations

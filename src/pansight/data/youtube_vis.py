@@ -1,16 +1,11 @@
 """YouTube-VIS video instance segmentation files: a reader of clips and a writer.
 
-A YouTube-VIS JSON has ``videos`` (``id``, ``height``, ``width``, ``length`` and ``file_names``,
-one frame file per frame, relative to the frame folder), ``categories`` (``id``, ``name``) and
-``annotations``: one object followed through one video, with ``id``, ``video_id``,
-``category_id``, ``iscrowd`` and per frame a segmentation (compressed or uncompressed RLE, or
-polygons), a ``xywh`` box and an area, each ``null`` in the frames where the object is not seen.
-``bboxes`` and ``areas`` may be left out.
+:class:`YouTubeVIS` checks a YouTube-VIS JSON when it is built and decodes frames and masks when
+a clip is read; anything unusable raises :class:`~pansight.errors.DataError` naming the file and
+the video, annotation or key at fault. :func:`write_youtube_vis` writes clips in this format. As
+in :mod:`pansight.data.coco`, labels are the positions of the categories in id order.
 
-The reader checks the JSON when it is built and decodes frames and masks when a clip is read;
-anything unusable raises :class:`~pansight.errors.DataError` naming the file and the video,
-annotation or key at fault. As in :mod:`pansight.data.coco`, labels are the positions of the
-categories in id order and ``category_ids`` maps them back.
+See docs/data.md for the JSON layout.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """Which precision a training run computes in: ``amp`` resolved for this device and processor.
 
-Mixed precision must never cost speed. On CUDA it means float16 autocast with loss scaling. On
-a CPU, bfloat16 autocast pays only where the processor runs bfloat16 natively (AVX512-BF16 or
-AMX, see :mod:`pansight.hardware`); elsewhere oneDNN emulates it, and a ResNet-18 training
-step takes 10 to 20 times longer than in float32. ``amp=auto`` (the default) therefore picks
-bfloat16 only on such CPUs and float32 on the others; ``amp=true`` forces autocast and warns
-where it will be slow.
+Mixed precision must never cost speed. :func:`resolve_precision` gives float16 autocast with loss
+scaling on CUDA; on a CPU, ``amp=auto`` (the default) picks bfloat16 only where the processor
+runs it natively (:mod:`pansight.hardware`) and float32 elsewhere, while ``amp=true`` forces
+autocast and warns where it will be slow. With bfloat16 on a CPU the model and its batches also
+take the channels-last memory format.
 
-With bfloat16 on a CPU the model and its batches also take the channels-last memory format,
-which oneDNN's bfloat16 convolutions run faster (1.1 to 1.2 times the images per second of a
-training step, every rung's default model; ``bench/train_throughput.py``); in float32 it
-gains nothing and is left off.
+See docs/training.md for the measured costs and gains behind these choices.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """One training loop for every pansight model.
 
-Each iteration: ``model.preprocess`` -> ``model(batch, targets)`` -> ``model.loss`` -> sum ->
-backward -> (clip) -> optimizer step -> schedule step, in the precision ``config.amp`` resolves
-to on this device and processor (:mod:`pansight.engine.precision`: float16 with loss scaling on
-CUDA, bfloat16 on CPUs that run it natively, else float32) and with data parallelism under
-``torchrun``.
+:class:`Trainer` runs ``model.preprocess`` -> ``model(batch, targets)`` -> ``model.loss`` ->
+backward -> optimizer and schedule steps, in the precision :mod:`pansight.engine.precision`
+resolves and with data parallelism under ``torchrun``. It writes ``config.yaml``, ``last.pt``,
+``model.pt`` and the logs to ``config.out``; a run resumed from ``last.pt`` continues exactly.
 
-The run folder ``config.out`` receives ``config.yaml`` at the start, ``last.pt`` (model and
-training state) every ``checkpoint_every`` iterations and at the end, ``model.pt`` (model only;
-what ``eval``/``predict`` take) at the end, and the logs ``metrics.jsonl`` and ``tb/``.
-
-A run resumed from ``last.pt`` (``config.resume``) continues exactly: the same batches in the same
-order with the same random draws, so its final weights equal those of an uninterrupted run.
+See docs/training.md for the iteration, the run folder and resuming.
 """
 
 from __future__ import annotations

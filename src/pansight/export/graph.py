@@ -1,18 +1,12 @@
 """Export a model's network (``forward``) to an ONNX graph carrying pansight metadata.
 
-What is exported is the network on the preprocessed tensor: ``images`` ``(B, 3, H, W)`` float
-RGB in ``[0, 1]``, already resized by the model's own ``preprocess`` (pixel normalization is
-inside ``forward``, so inside the graph). The graph's outputs are the fields of the model's
-``Outputs`` dataclass that its ``postprocess`` reads, named after them (YOLACT's priors, constant
-for its fixed input size, are an output without a batch axis). Preprocessing and
-postprocessing run in Python around the graph (:class:`~pansight.export.predictor.
-OnnxPredictor`), with the very functions the eager model uses.
+:func:`export_onnx` (and :func:`export_checkpoint` for a checkpoint file) traces the network on
+the preprocessed ``images`` tensor; the graph's outputs are the fields of the model's ``Outputs``
+that its ``postprocess`` reads, and pre- and postprocessing run in Python around the graph
+(:class:`~pansight.export.predictor.OnnxPredictor`). Nodes that change no value are dropped
+(:mod:`pansight.export.simplify`).
 
-The exporter is ``torch.onnx.export(..., dynamo=False)`` (the TorchScript tracer): the
-torch.export-based exporter needs ``onnxscript``, which pansight does not depend on, and the
-traced graphs of these models are plain convolution networks it converts exactly. Each traced
-graph then loses the nodes that change no value (:mod:`pansight.export.simplify`: a ReLU of a
-value already non-negative), so onnxruntime does not run them.
+See docs/export.md for the graph's inputs and outputs and the choice of exporter.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """What a pansight ONNX file says about itself, in the model's ``metadata_props``.
 
-Every value is a string; lists and dicts are JSON. The keys::
+:class:`ExportMetadata` holds the ``pansight.*`` keys: format, version, zoo model name, task,
+class names, model config, training data, precision, the nodes of an int8 graph left in float and
+its weights' width. Every value is a string; lists and dicts are JSON. With them a file alone
+rebuilds the predictor: the zoo entry named rebuilds the model's preprocessing and
+postprocessing, the graph holds the network and its weights.
 
-    pansight.format        "pansight-onnx"
-    pansight.version       "1"
-    pansight.model_name    zoo name, e.g. "fcn8s_r18"
-    pansight.task          "classify" | "localize" | "semantic" | ...
-    pansight.class_names   JSON list, one name per contiguous label
-    pansight.model_config  JSON dict of the model's config dataclass
-    pansight.train_data    JSON dict of the DataConfig it was trained on ({} when unknown)
-    pansight.precision     "fp32", or "int8" for a statically quantized graph (absent: "fp32")
-    pansight.fp32_nodes    JSON list: nodes of an int8 graph left in float ([] when absent)
-    pansight.int8_weight_bits
-                           "7" or "8": the width of an int8 graph's weights (absent: "8")
-
-With them a file alone rebuilds the predictor: the zoo entry named rebuilds the model's
-preprocessing and postprocessing, the graph holds the network and its weights.
+See docs/export.md for the keys and their values.
 """
 
 from __future__ import annotations

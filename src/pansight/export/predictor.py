@@ -1,14 +1,12 @@
 """Run an exported pansight ONNX file with onnxruntime, behind the eager model's interface.
 
-:class:`OnnxPredictor` has what users and the command line use of a model: ``task``,
-``class_names``, ``predict(images) -> list[Result]``, and the three steps ``preprocess``,
-``__call__`` (the graph) and ``postprocess``. Pre- and postprocessing are the eager model's
-own methods, called on a weightless copy of the model (built on the ``meta`` device from the
-file's metadata), so both backends resize and decode with the same code.
+:class:`OnnxPredictor` has ``task``, ``class_names``, ``predict(images) -> list[Result]`` and the
+three steps ``preprocess``, ``__call__`` (the graph) and ``postprocess``; pre- and
+postprocessing are the eager model's own methods, run on a weightless copy of the model.
+:func:`load_onnx` opens a file. An int8 file with 8-bit weights opened on a processor without
+VNNI warns once.
 
-An int8 file with 8-bit weights opened on a processor without VNNI warns once (a
-``RuntimeWarning``): there onnxruntime's integer kernels may saturate
-(:mod:`pansight.export.quantize`), and the file should be exported again with 7-bit weights.
+See docs/export.md for the weightless model and the VNNI warning.
 """
 
 from __future__ import annotations

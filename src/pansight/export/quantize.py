@@ -1,45 +1,13 @@
 """INT8 static quantization of an exported pansight ONNX file with onnxruntime.
 
-:func:`quantize_onnx` reads an fp32 export, runs it on calibration images (preprocessed by the
-model's own ``preprocess``, exactly as at prediction time, and fed with every input the graph
-takes) to find each activation's range, and writes an int8 graph in the QDQ format:
-``QuantizeLinear``/``DequantizeLinear`` pairs around the convolutions, uint8 activations, int8
-weights with one scale per output channel. onnxruntime's CPU provider fuses each pair-wrapped
-``Conv`` into one ``QLinearConv`` (u8s8, the form its VNNI kernels take). The file keeps the
-export's metadata, with ``precision`` ``int8``, the names of the nodes left in float
-(``fp32_nodes``) and the weights' width (``int8_weight_bits``), so
-:class:`~pansight.export.predictor.OnnxPredictor` opens it unchanged: inputs and outputs are the
-same float tensors.
+:func:`quantize_onnx` calibrates an fp32 export on images preprocessed as at prediction time and
+writes an int8 QDQ graph (uint8 activations, int8 weights per output channel) that
+:class:`~pansight.export.predictor.OnnxPredictor` opens unchanged. Weights take 7 bits where
+:func:`pansight.hardware.int8_needs_reduced_range` says so (no VNNI), 8 elsewhere
+(:class:`Int8Options`). It covers every model whose export spec has an
+:class:`~pansight.models.registry.Int8Spec`.
 
-The weights' width depends on the processor that runs the file. With VNNI, u8s8 products
-accumulate in 32 bits and the kernels compute the quantized graph as written (but for values
-within float error of a half step, which they may round the other way). Without it (AVX2
-processors, many AMD EPYCs) onnxruntime uses ``vpmaddubsw``, which adds two u8 x s8 products
-into a saturating 16-bit sum: with 8-bit weights (up to 127) a pair reaches 2 x 255 x 127 =
-64770 > 32767, elements come out tens of steps off, and a tiny YOLACT's outputs 12-14% off
-fp32 instead of 4-5%. Weights in 7 bits (``reduce_range``, up to 64) keep a pair within
-2 x 255 x 64 = 32640, at twice the weight step. :attr:`Int8Options.reduce_range` left at
-``None`` takes 7 bits where :func:`pansight.hardware.int8_needs_reduced_range` says so, 8
-elsewhere.
-
-Int8 covers every exportable model whose export spec has an
-:class:`~pansight.models.registry.Int8Spec`: the classifiers, localizers, FCNs,
-YOLACT, YolactEdge, Faster/Mask R-CNN and Panoptic FPN. In the plain convolution networks
-every operator onnxruntime quantizes is quantized. In the R-CNN graphs
-(:mod:`pansight.export.rcnn`, inputs ``images`` and ``image_sizes``) only the convolutions are
-(backbone, FPN, RPN head, mask head, semantic branch): the box head's fully connected layers,
-which give the scores and box deltas, and the detection steps (anchors, box decoding, NMS,
-RoIAlign) stay in float. onnxruntime's calibrator does not look inside ``If`` branches, so a
-YolactEdge graph (:mod:`pansight.export.yolact_edge`) is split into its keyframe and
-non-keyframe paths, each quantized as a model of its own (the non-keyframe path calibrated on
-each image with its own keyframe state and with the previous image's), and joined back.
-
-Some layers lose more than the rest when quantized; ``keep_fp32_outputs`` keeps in float the
-convolutions that compute the named graph outputs (by default YOLACT's prediction head, as
-YolactEdge does), ``exclude_nodes`` any other node by name.
-
-Quantizing YOLACT R-50 (550 px, one CPU thread) takes about 30 s with 32 calibration images
-and peaks at about 3 GB of resident memory (the same with 4 images: the graph copies dominate).
+See docs/export.md for the QDQ layout, the VNNI / 7-bit weight facts and what stays in float.
 """
 
 from __future__ import annotations

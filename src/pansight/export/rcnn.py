@@ -1,31 +1,12 @@
 """ONNX graphs of Faster/Mask R-CNN and Panoptic FPN: the whole detection pipeline, one image.
 
-The graph takes ``images`` ``(1, 3, H, W)``, one image as the model's ``preprocess`` gives it
-(resized, zero-padded to a multiple of 32; ``H`` and ``W`` are dynamic axes) and
-``image_sizes`` ``(n, 2)`` int64: its ``(h, w)`` inside the padding first, then those of the
-other images of the batch it was padded in (whose largest height sets the pyramid scales
-RoIAlign infers, as in the eager model; just its own for a single image). It runs every step of the
-eager ``forward`` in eval mode: backbone and FPN, the RPN per level, anchors, proposal NMS
-(ONNX ``NonMaxSuppression``), RoIAlign (ONNX ``RoiAlign``), the box branch, per-class NMS and
-the mask branch. Its outputs are the fields of :class:`~pansight.models.rcnn.model.RCNNOutputs` that
-``postprocess`` reads: ``detection_boxes`` ``(D, 4)`` xyxy input-frame pixels,
-``detection_scores`` ``(D,)``, ``detection_labels`` ``(D,)`` int64 in ``1..K``, with masks
-``mask_logits`` ``(D, K + 1, 28, 28)``, and for Panoptic FPN ``semantic_logits``
-``(1, S + 1, H, W)``. Mask pasting and panoptic fusion stay in the eager ``postprocess``.
+:func:`trace_rcnn_to_onnx` traces :class:`RCNNGraph`, which takes ``images`` ``(1, 3, H, W)``
+and ``image_sizes`` ``(n, 2)`` int64 (the image's ``(h, w)`` first, then those of its batch),
+runs every step of the eager ``forward`` in eval mode with sizes kept as tensors, and returns the
+fields of :class:`~pansight.models.rcnn.model.RCNNOutputs` that ``postprocess`` reads. Mask
+pasting and panoptic fusion stay in the eager ``postprocess``.
 
-The steps call the model's own modules (body, FPN, heads, box coders); what differs from the
-eager code is that sizes stay tensors, so the tracer records them instead of freezing the
-example's: each level's top-k takes ``min(pre_nms_top_n, anchors of the level)``, anchor
-strides come from the padded and feature sizes, boxes are clipped to the ``image_sizes`` input,
-and the pyramid scales RoIAlign infers (as torchvision does, from the largest image height of
-the batch) are computed in the graph.
-
-One image per run, with or without ``dynamic``: the number of detections varies per image, so
-:class:`~pansight.export.predictor.OnnxPredictor` runs a batch image by image. NMS within
-groups (levels, classes) shifts each group's boxes apart as torchvision's ``batched_nms`` does
-for small inputs; the eager model runs large inputs group by group, so a pair of boxes whose
-IoU lies within float rounding of the threshold may be kept by one backend and dropped by the
-other.
+See docs/export.md for the inputs, steps, outputs and how the graph differs from the eager code.
 """
 
 from __future__ import annotations
@@ -63,7 +44,7 @@ class RCNNGraph(nn.Module):
 
     ``forward(images, image_sizes)``: ``(1, 3, H, W)`` preprocessed image and ``(n, 2)`` int64
     ``(h, w)``, its own first, then those of its batch -> the ``spec.output_names`` tensors,
-    in that order (see the module docstring).
+    in that order (docs/export.md).
     """
 
     def __init__(self, model: MaskRCNN | PanopticFPN, spec: ExportSpec) -> None:

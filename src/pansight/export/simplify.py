@@ -1,17 +1,12 @@
 """Exact simplifications of a traced ONNX graph, made before it is written.
 
-The tracer records a model operator for operator, including operators that leave the values
-they receive unchanged, and onnxruntime's graph optimizer does not prove every such case. A pass
-here removes a node only where its output equals its input for every finite input the graph
-can be given, so the simplified graph computes the traced one's outputs bit for bit (up to the
-sign of a zero, which no later operator tells apart from ``+0``).
+A pass removes a node only where its output equals its input for every finite input, so the
+simplified graph computes the traced one's outputs bit for bit (up to the sign of a zero).
+:func:`drop_redundant_relus` removes a ``Relu`` whose input is never negative: another
+``Relu``'s output, possibly moved on by operators that only select, copy or average values with
+non-negative weights (:data:`SIGN_KEEPING`).
 
-:func:`drop_redundant_relus` removes a ``Relu`` whose input is never negative: another ``Relu``'s
-output, possibly moved on by operators that only select, copy or average values with
-non-negative weights (:data:`SIGN_KEEPING`). YOLACT's protonet has one, a ReLU after the
-bilinear upsampling of a ReLU output (``(B, 256, 138, 138)`` at 550 px): in onnxruntime it is a
-pass of its own over that map, about 7 ms of YOLACT-R50's 1.0 to 1.3 s on one thread of an
-AVX-512 Xeon (0.5 %). The eager model keeps the layer (its layout is the original's).
+See docs/export.md for why these passes exist and the node they remove from YOLACT.
 """
 
 from __future__ import annotations
@@ -44,7 +39,7 @@ SIGN_KEEPING_RESIZE_MODES = (b"nearest", b"linear")
 
 def drop_redundant_relus(model: onnx.ModelProto) -> list[str]:
     """Remove, in place, every ``Relu`` of ``model``'s main graph whose input is never
-    negative (see the module docstring); return the names of the removed nodes.
+    negative (docs/export.md); return the names of the removed nodes.
 
     A ``Relu`` whose output is a graph output stays (the output keeps its name). Readers of a
     removed node's output read its input instead.

@@ -1,24 +1,12 @@
 """ONNX export of YolactEdge: one graph holding both paths, and its onnxruntime video predictor.
 
-The graph (:func:`keyframe_switch_graph`) chooses the path with an ONNX ``If`` on its
-``keyframe`` input, so one file carries the whole model:
+:func:`keyframe_switch_graph` joins the keyframe and non-keyframe paths under an ONNX ``If`` on
+the graph's ``keyframe`` input, so one file carries the whole model: inputs ``images``,
+``keyframe`` and the keyframe state :data:`STATE_INPUTS`; outputs YOLACT's, then the state after
+this frame, :data:`STATE_OUTPUTS`. :class:`YolactEdgeOnnxPredictor` runs the graph with the
+eager model's keyframe decision and state type.
 
-- inputs: ``images`` ``(B, 3, S, S)`` preprocessed; ``keyframe`` a scalar bool; the keyframe
-  state :data:`STATE_INPUTS` (read only on a non-keyframe; any values of the right shapes on a
-  keyframe): the keyframe's ``c3`` lateral ``(B, C, S/8, S/8)``, its reduction by
-  ``flow_reduce`` ``(B, E, S/8, S/8)`` and its FPN phase-1 ``p4`` ``(B, C, S/16, S/16)`` and
-  ``p5`` ``(B, C, S/32, S/32)`` (sizes rounded up as the ResNet strides round);
-- outputs: YOLACT's (:data:`~pansight.export.graph.EXPORT_SPECS`), then the keyframe state
-  after this frame, :data:`STATE_OUTPUTS`: the frame's own features on a keyframe, the inputs
-  passed through on a non-keyframe (YolactEdge keeps the keyframe's features until the next).
-
-The ``then`` branch is the keyframe path (full ResNet and FPN), the ``else`` branch the
-non-keyframe path (ResNet to ``c3``, flow, warp as ONNX ``GridSample``, SPA), both ending in the
-FPN smoothing, the protonet and the head. Each branch holds its own weights.
-
-:class:`YolactEdgeOnnxPredictor` runs the graph with the eager model's keyframe decision
-(:meth:`~pansight.models.yolact.edge.model.YolactEdge.is_keyframe`) and state type;
-``predict`` takes the keyframe path, as the eager model's does.
+See docs/export.md for the shapes of the state and what each branch holds.
 """
 
 from __future__ import annotations
@@ -99,7 +87,7 @@ class TransferGraph(nn.Module):
 
 def keyframe_switch_graph(model: YolactEdge, images: Tensor, dynamic: bool) -> onnx.ModelProto:
     """Trace both paths of ``model`` on ``images`` ``(1, 3, S, S)`` and join them under an
-    ``If`` on ``keyframe`` (see the module docstring); ``dynamic`` makes the batch axis of every
+    ``If`` on ``keyframe`` (docs/export.md); ``dynamic`` makes the batch axis of every
     input and output but the flag and ``priors`` dynamic."""
     output_names = [*HEAD_OUTPUTS, *STATE_OUTPUTS]
 

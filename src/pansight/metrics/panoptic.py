@@ -1,17 +1,8 @@
 """Panoptic quality (PQ), segmentation quality (SQ) and recognition quality (RQ), as the COCO
-panoptic task defines them.
-
-Per image and category, a predicted and a ground-truth segment match (a true positive, TP) when
-their IoU is above 0.5; such a match is unique. The IoU leaves out the predicted segment's
-pixels on ground-truth void (id ``0``): ``IoU = overlap / (pred area - pred area on void + truth
-area - overlap)``. Ground-truth crowd segments never match and are not false negatives (FN); an
-unmatched predicted segment is a false positive (FP) unless more than half of its pixels lie on
-void or on crowd segments of its own category. Segments without pixels are left out.
-
-Per category ``PQ = sum IoU(TP) / (TP + FP / 2 + FN / 2)``, ``SQ = sum IoU(TP) / TP`` (0 without
-TP) and ``RQ = TP / (TP + FP / 2 + FN / 2)``; ``PQ = SQ * RQ``. The summary numbers average the
-categories that have any TP, FP or FN (over all, over things ``_th``, over stuff ``_st``);
-a category with none is NaN and left out of the averages. A summary over no category is NaN.
+panoptic task defines them (:func:`panoptic_scores` states the rules): per image counts of
+matched, false and missed segments (:func:`image_counts`), their sums over a data set and the
+scores (:class:`PanopticMetric`); :mod:`pansight.metrics.panoptic_files` scores COCO panoptic
+files.
 """
 
 from __future__ import annotations
@@ -21,16 +12,10 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from pansight.data.coco_panoptic import (
-    PanopticCategories,
-    load_panoptic_json,
-    read_panoptic_record,
-)
 from pansight.errors import DataError
 from pansight.metrics.classification import check_lengths
 from pansight.structures import PanopticMap, Segment, Target
@@ -263,7 +248,19 @@ def panoptic_scores(
 ) -> dict[str, float]:
     """``PQ, SQ, RQ`` over all, things (``_th``) and stuff (``_st``), and ``PQ_<class>``.
 
-    Categories without any TP, FP or FN are NaN and left out of the averages.
+    The counts follow the COCO panoptic rules. Per image and category, a predicted and a
+    ground-truth segment match (a true positive, TP) when their IoU is above 0.5; such a match
+    is unique. The IoU leaves out the predicted segment's pixels on ground-truth void (id
+    ``0``): ``IoU = overlap / (pred area - pred area on void + truth area - overlap)``.
+    Ground-truth crowd segments never match and are not false negatives (FN); an unmatched
+    predicted segment is a false positive (FP) unless more than half of its pixels lie on void
+    or on crowd segments of its own category. Segments without pixels are left out.
+
+    Per category ``PQ = sum IoU(TP) / (TP + FP / 2 + FN / 2)``, ``SQ = sum IoU(TP) / TP`` (0
+    without TP) and ``RQ = TP / (TP + FP / 2 + FN / 2)``; ``PQ = SQ * RQ``. The summary numbers
+    average the categories that have any TP, FP or FN (over all, over things ``_th``, over stuff
+    ``_st``); a category with none is NaN and left out of the averages. A summary over no
+    category is NaN.
     """
     tp, iou = counts.tp.astype(np.float64), counts.iou
     denominator = tp + 0.5 * counts.fp + 0.5 * counts.fn
@@ -356,68 +353,3 @@ class PanopticMetric:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-def _file_counts(
-    records: Sequence[tuple[dict[str, Any], dict[str, Any]]],
-    gt_dir: Path,
-    pred_dir: Path,
-    categories: PanopticCategories,
-) -> PanopticCounts:
-    """Counts of ``(truth record, prediction record)`` pairs whose PNGs are in the folders."""
-    total = PanopticCounts.zeros(len(categories.names))
-    for truth_record, pred_record in records:
-        truth = read_panoptic_record(truth_record, gt_dir, categories)
-        prediction = read_panoptic_record(pred_record, pred_dir, categories)
-        pair = ImagePair.of(truth_record["image_id"], truth, prediction)
-        try:
-            total = total + count_pairs([pair], len(categories.names))
-        except DataError as error:
-            raise DataError(f"{pred_dir / pred_record['file_name']}: {error}") from None
-    return total
-
-
-def evaluate_panoptic_files(
-    gt_json: str | Path,
-    gt_dir: str | Path,
-    pred_json: str | Path,
-    pred_dir: str | Path,
-    workers: int = 0,
-) -> dict[str, float]:
-    """PQ of COCO panoptic predictions (PNGs + segments JSON) against COCO panoptic ground truth.
-
-    Every ground-truth annotation record is evaluated; the prediction JSON needs only
-    ``annotations`` (categories are the ground truth's). Returns the keys of
-    :class:`PanopticMetric`, classes named by the ground truth's categories in id order.
-
-    Args:
-        gt_json, gt_dir: ground-truth JSON (``annotations`` and ``categories`` with ``isthing``)
-            and the folder of its PNGs.
-        pred_json, pred_dir: the predictions' JSON and PNG folder.
-        workers: processes reading and counting images (``0``: this process).
-
-    Raises:
-        DataError: naming the file: unreadable or malformed files, an image without prediction,
-            unknown categories, unlisted segment ids, maps of different sizes.
-    """
-    truth = load_panoptic_json(gt_json)
-    categories = truth.categories
-    predictions = load_panoptic_json(pred_json, categories)
-    pairs = []
-    for image_id, truth_record in truth.records.items():
-        if image_id not in predictions.records:
-            raise DataError(f"{pred_json}: no prediction for image {image_id}")
-        pairs.append((truth_record, predictions.records[image_id]))
-    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    if workers == 0:
-        counts = _file_counts(pairs, gt_dir, pred_dir, categories)
-    else:
-        chunks = [pairs[start::workers] for start in range(workers)]
-        counts = PanopticCounts.zeros(len(categories.names))
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [
-                pool.submit(_file_counts, chunk, gt_dir, pred_dir, categories) for chunk in chunks
-            ]
-            for future in futures:
-                counts = counts + future.result()
-    return panoptic_scores(counts, categories.names, categories.thing_flags)

@@ -1,16 +1,12 @@
 """What every pansight model is: preprocess -> forward -> loss / postprocess.
 
-A model is three separate steps (as in DETR):
+A :class:`PansightModel` is three separate steps (as in DETR): ``model(batch, targets=None) ->
+Outputs``, a fixed-field dataclass of raw tensors; ``model.loss(outputs, targets) ->
+dict[str, Tensor]``, named scalar losses; and ``model.postprocess(outputs, batch) ->
+list[Result]``, one result per image in original-image pixels. ``model.predict(images)`` chains
+the three for users.
 
-- ``model(batch, targets=None) -> Outputs``: a fixed-field dataclass of raw tensors whose type
-  never depends on ``self.training``. ``targets`` (in the input frame) is passed only to models
-  whose architecture needs them inside forward (two-stage proposal sampling); others ignore it.
-- ``model.loss(outputs, targets) -> dict[str, Tensor]``: named scalar losses; targets are in the
-  input frame (as returned by :meth:`PansightModel.preprocess`).
-- ``model.postprocess(outputs, batch) -> list[Result]``: one result per image in original-image
-  pixels.
-
-``model.predict(images)`` chains the three for users.
+See docs/models.md for the rules of each step.
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """Inference-only copies of models: batch norms folded into convolutions, channels-last weights.
 
-In evaluation a batch norm is a fixed per-channel affine map,
-``y = (x - mean) / sqrt(var + eps) * gamma + beta``. When it reads a convolution's output and
-nothing else reads that output, it folds into the convolution: ``W' = W * s`` and
-``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)`` per output channel. The copy
-computes the same outputs up to float rounding with one pass over each feature map less.
+:func:`fold_batch_norms` folds every batch norm whose convolution's output nothing else reads
+into that convolution (the same outputs up to float rounding, with one pass over each feature
+map less); :func:`optimize_for_inference` also puts the weights in channels-last format. Which
+convolution feeds which norm is read from the code with :mod:`torch.fx`
+(:func:`conv_norm_pairs`), not guessed from module names.
 
-Which convolution feeds which norm is read from the code, not guessed from module names or
-registration order: every module is traced with :mod:`torch.fx`, and where tracing fails (Python
-that depends on the data, such as a loop over a list of images) its children are traced instead.
-A pair folds only when the norm's single input is the convolution's output, nothing else reads
-that output, and each of the two modules runs once in the traced code.
+See docs/models.md for the folding formula and the conditions under which a pair folds.
 """
 
 from __future__ import annotations
@@ -44,7 +40,7 @@ def optimize_for_inference(model: ModuleT) -> ModuleT:
 
 def fold_batch_norms(model: ModuleT) -> ModuleT:
     """An eval-mode deep copy of ``model`` with every batch norm that reads only a ``Conv2d``'s
-    output folded into that convolution (see the module docstring); the norm becomes
+    output folded into that convolution (docs/models.md); the norm becomes
     ``Identity``. ``model`` is unchanged."""
     folded = copy.deepcopy(model).eval()
     for conv_name, norm_name in conv_norm_pairs(folded):

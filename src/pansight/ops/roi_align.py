@@ -1,16 +1,12 @@
 """RoIAlign as two matrix products, for training on CPU.
 
-Bilinear sampling is separable: every RoIAlign output bin is a weighted sum over rows times a
-weighted sum over columns of the feature map. So for one RoI and one channel,
-``out = A @ F @ B^T`` with ``A`` ``(P, H)`` holding the row weights of the ``P`` output rows
-(``sampling_ratio`` samples per bin, averaged) and ``B`` ``(Q, W)`` the column weights. The
-result equals :func:`torchvision.ops.roi_align` (``aligned=False``) up to float rounding, and its
-backward is two dense matrix products instead of torchvision's serial per-sample scatter, which
-dominates a CPU training step of Mask R-CNN on small images (``bench/roi_align.py`` measures it).
+Bilinear sampling is separable, so for one RoI and one channel ``out = A @ F @ B^T``, ``A``
+holding the row weights and ``B`` the column weights (:func:`separable_roi_align`). The result
+equals :func:`torchvision.ops.roi_align` (``aligned=False``) up to float rounding, and its
+backward is two dense matrix products instead of a serial scatter. Inference keeps
+torchvision's kernel, with the RoIs split across threads (:class:`TrainableMultiScaleRoIAlign`).
 
-The dense weights cost ``O(R * P * H)`` memory and ``O(R * C * P * H * W)`` time per level, so
-this path suits training at small input sizes; inference keeps torchvision's kernel, with the
-RoIs split across threads (:class:`TrainableMultiScaleRoIAlign`).
+See docs/models.md for the shapes of the weights and their costs.
 """
 
 from __future__ import annotations

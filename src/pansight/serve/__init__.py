@@ -36,6 +36,7 @@ def serve(
 
     Bound to a loopback address, the server answers only requests addressed to a loopback
     name (:data:`LOOPBACK_HOSTS`); bound elsewhere, to any name."""
+    # uvicorn is optional: only a running server needs it
     import uvicorn
 
     allowed_hosts = LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else None

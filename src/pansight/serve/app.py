@@ -1,21 +1,12 @@
 """The ASGI app: one static page and a small JSON API over a :class:`ModelRegistry`.
 
-Routes:
+:func:`create_app` serves the page (``GET /`` and its script and style sheet), the loaded models
+(``GET /api/models``), synthetic samples (``GET /api/sample``) and predictions
+(``POST /api/predict?model=NAME``, an image file in the body). Errors answer
+``{"error": message}``. With ``allowed_hosts`` the app answers only requests whose ``Host``
+header names one of them (against DNS rebinding).
 
-- ``GET /``, ``GET /static/app.js``, ``GET /static/style.css``: the page, read once from the
-  package's data (no request names a file).
-- ``GET /api/models``: the loaded models, their classes, the class palette and limits.
-- ``GET /api/sample?index=I&size=S``: one synthetic image of the shapes world as PNG.
-- ``POST /api/predict?model=NAME``: the request body is an image file (``Content-Type:
-  image/png``, ``image/jpeg``, ...); the answer holds the model's result (see
-  :mod:`pansight.serve.encoding`) and timings in milliseconds.
-
-Errors answer ``{"error": message}``: 400 (bad image, content type or parameter), 404 (unknown
-model or route), 413 (upload too large), 503 (work queue full), 500 (the model failed).
-
-With ``allowed_hosts`` the app answers only requests whose ``Host`` header names one of them
-(others get a plain 400), so a page on another site cannot reach a server on the loopback
-address through a name that resolves there (DNS rebinding).
+See docs/serving.md for the routes, the error statuses and the host check.
 """
 
 from __future__ import annotations

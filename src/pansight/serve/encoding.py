@@ -1,21 +1,11 @@
 """Bytes in, JSON out: decoding uploaded images and turning results into the page's JSON.
 
-Result JSON (``result`` of ``POST /api/predict``), by result type:
+:func:`decode_image` reads an uploaded image; :func:`result_payload` turns a result into the
+``result`` of ``POST /api/predict``, with one JSON layout per result type. Boxes are ``xyxy`` in
+original-image pixels, masks COCO compressed RLEs, and maps PNG data URLs
+(:func:`map_data_url`) whose pixels hold ``R + 256 G + 65536 B``.
 
-- :class:`Classification`: ``{"kind": "classification", "label", "class_name", "score",
-  "top": [{"label", "class_name", "score"}, ...]}`` (best five first).
-- :class:`Localization`: the same plus ``"box": [x1, y1, x2, y2]``.
-- :class:`Detections`: ``{"kind": "detections", "detections": [{"box", "label",
-  "class_name", "score", "mask"?}, ...]}``, ``mask`` a COCO compressed RLE
-  (``{"size": [h, w], "counts": str}``, column-major as pycocotools writes it).
-- :class:`SemanticMap`: ``{"kind": "semantic", "labels_png", "classes": [{"label",
-  "class_name", "pixels"}]}``.
-- :class:`PanopticMap`: ``{"kind": "panoptic", "ids_png", "segments": [{"id", "label",
-  "class_name", "is_thing", "area", "score"}]}``.
-
-Boxes are ``xyxy`` in original-image pixels. Maps are PNG data URLs whose pixels hold a value
-``R + 256 G + 65536 B`` (a class label, :data:`~pansight.structures.IGNORE_LABEL` for ignored
-pixels; a segment id, 0 for void), as COCO panoptic PNGs store ids.
+See docs/serving.md for the JSON of each result type.
 """
 
 from __future__ import annotations
@@ -27,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from pansight.data.images import image_from_array
@@ -96,7 +87,8 @@ def encode_png(image: Tensor) -> bytes:
 
 
 def result_payload(result: Result, class_names: list[str]) -> dict[str, Any]:
-    """The JSON of ``result`` (see the module docstring), class names from ``class_names``."""
+    """The JSON of ``result`` (docs/serving.md lists it per result type), class names from
+    ``class_names``."""
     if isinstance(result, Localization):
         return {
             **_classification_payload(result, class_names),
@@ -163,8 +155,6 @@ def _detections_payload(result: Detections, class_names: list[str]) -> dict[str,
 
 def mask_rles(masks: Tensor) -> list[dict[str, Any]]:
     """``(N, H, W)`` bool masks as COCO compressed RLEs ``{"size": [H, W], "counts": str}``."""
-    from pycocotools import mask as mask_utils
-
     if len(masks) == 0:
         return []
     columns = np.asfortranarray(masks.permute(1, 2, 0).numpy().astype(np.uint8))

@@ -1,20 +1,13 @@
 """Fully convolutional networks (FCN) for semantic segmentation.
 
-An FCN scores every class at every location: a ResNet body without its pooling and ``fc`` layer,
-then convolutions with one output channel per class (the one-hot layout, ``(B, K, h, w)``),
-upsampled back to the input size; the argmax over the channels is the class map.
+:class:`FCN` scores every class at every location on a ResNet body and upsamples the scores to
+the input size; the argmax over the channels is the class map. The heads (``FCNConfig.head``):
+``32s``, ``16s`` and ``8s`` (Long, Shelhamer & Darrell) score ``c5``, FCN-16s adding skip scores
+of ``c4`` and FCN-8s also of ``c3``; ``dilated`` (torchvision's ``fcn_resnet50`` /
+``fcn_resnet101``) keeps stride 8 through dilated convolutions and scores ``c5`` (and optionally
+``c4``, the auxiliary head).
 
-Two heads (``FCNConfig.head``):
-
-- ``32s``, ``16s``, ``8s`` (Long, Shelhamer & Darrell): a 1x1 convolution scores ``c5``
-  (stride 32). FCN-16s also scores ``c4`` and adds it to the ``c5`` scores upsampled x2; FCN-8s
-  then does the same with ``c3``. The fused scores are upsampled x32, x16 or x8 to the input
-  size, by bilinear interpolation or by transposed convolutions initialized bilinear. The skip
-  scores start at zero, so a fresh FCN-8s predicts what its FCN-32s part predicts.
-- ``dilated`` (torchvision's ``fcn_resnet50`` / ``fcn_resnet101``): ``c4`` and ``c5`` keep
-  stride 8 through dilated convolutions; torchvision's ``FCNHead`` (3x3 conv, batch norm, ReLU,
-  dropout, 1x1 conv) scores ``c5``, optionally a second one scores ``c4`` (the auxiliary head,
-  trained with a down-weighted loss), and both are upsampled bilinearly.
+See docs/models.md for each head's layers, upsampling and initialization.
 """
 
 from __future__ import annotations
@@ -103,7 +96,7 @@ class FCNOutputs:
 
 
 class FCN(PansightModel):
-    """A class for every pixel (see the module docstring for the heads).
+    """A class for every pixel (docs/models.md describes the heads).
 
     ``forward``: normalize pixels -> ResNet body -> head scores ``(B, K, H, W)`` at the input
     size. ``loss``: pixel-wise cross entropy against ``Target.semantic`` (``IGNORE_LABEL``

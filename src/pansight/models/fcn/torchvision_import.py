@@ -1,14 +1,10 @@
 """Import torchvision weights into an :class:`~pansight.models.fcn.model.FCN`.
 
-Two kinds of torchvision state dict fit:
+:func:`import_torchvision_fcn` copies an ``fcn_resnet50`` / ``fcn_resnet101`` state dict into an
+FCN with ``head="dilated"`` of the same depth, or a ResNet classifier's into the body of any FCN
+(the heads keep their weights). Weights with no counterpart are dropped.
 
-- ``fcn_resnet50`` / ``fcn_resnet101`` (keys ``backbone.*``, ``classifier.*`` and, with
-  ``aux_loss=True``, ``aux_classifier.*``) into an FCN with ``head="dilated"`` of the same depth;
-- a ResNet classifier (``conv1.*`` .. ``layer4.*``, ``fc.*``) into the body of any FCN; the
-  heads keep their weights.
-
-Weights with no counterpart are dropped: a ResNet's ``fc``, and torchvision's auxiliary head
-when the model has none (it only helps training).
+See docs/weights.md for the keys of each kind and what is dropped.
 """
 
 from __future__ import annotations

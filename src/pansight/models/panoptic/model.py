@@ -1,21 +1,12 @@
 """Panoptic FPN (Kirillov, Girshick, He & Dollar, 2019): Mask R-CNN plus a semantic branch.
 
-One ResNet-FPN feeds two branches. The instance branch is a whole :class:`MaskRCNN` over the
-thing classes. The semantic branch reads ``p2..p5``: each level goes through stages of
-(3x3 conv, GroupNorm, ReLU, 2x bilinear upsampling) until it reaches 1/4 of the input scale
-(``p2``: one conv and no upsampling; ``p3``: one stage; ``p4``: two; ``p5``: three); the four
-maps are summed, a 1x1 convolution scores the stuff classes plus one class "thing", and the
-scores are upsampled 4x to the input size. :func:`~pansight.models.panoptic.fusion.fuse_panoptic`
-merges the two into a :class:`~pansight.structures.PanopticMap`.
+One ResNet-FPN feeds a whole :class:`MaskRCNN` over the thing classes and a semantic branch on
+``p2..p5`` (:class:`SemanticFPNHead`) scoring the stuff classes plus one class "thing";
+:func:`~pansight.models.panoptic.fusion.fuse_panoptic` merges the two into a
+:class:`~pansight.structures.PanopticMap`. ``class_names`` are the panoptic label space and
+``config.thing_flags`` says which are things. Parameter names: ``rcnn.*``, ``semantic_head.*``.
 
-Label spaces: the model's ``class_names`` are the panoptic label space (things and stuff, in
-the data set's semantic order, e.g. ``semantic_class_names``) and ``config.thing_flags`` says
-which are things. Targets follow the data sets' convention: ``labels`` (and masks, boxes) index
-the thing classes in that order, ``semantic`` holds panoptic labels per pixel. Inside the
-semantic branch stuff class ``s`` (in label order) is channel ``s`` and every thing is channel
-``S`` (the number of stuff classes).
-
-Parameter names: ``rcnn.*`` (those of :class:`MaskRCNN`), ``semantic_head.*``.
+See docs/models.md for the semantic branch's stages and the label spaces.
 """
 
 from __future__ import annotations
@@ -132,7 +123,7 @@ def _semantic_level(in_channels: int, channels: int, stages: int) -> nn.Sequenti
 
 class PanopticFPN(PansightModel):
     """Panoptic FPN: a :class:`MaskRCNN` over the thing classes plus a semantic branch on its
-    pyramid (see the module docstring for the label spaces).
+    pyramid (docs/models.md describes the label spaces).
 
     ``forward(batch, targets)`` needs ``targets`` (input frame) in training mode, as Mask R-CNN
     does; ``loss`` adds ``"semantic"`` to Mask R-CNN's losses; ``postprocess`` returns one

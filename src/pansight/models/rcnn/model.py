@@ -1,16 +1,12 @@
 """Faster R-CNN and Mask R-CNN on a ResNet-FPN body.
 
-The steps, one method each, in order: :meth:`MaskRCNN.resize` and :meth:`MaskRCNN.pad` (in
-``preprocess``), then in ``forward``: :meth:`~MaskRCNN.backbone_levels` (``c2..c5``),
-:meth:`~MaskRCNN.pyramid_levels` (``p2..p6``), :meth:`~MaskRCNN.rpn_per_level` (objectness and
-deltas per anchor), :meth:`~MaskRCNN.decode_anchors`, :meth:`~MaskRCNN.nms_proposals`,
-:meth:`~MaskRCNN.roi_align_boxes`, and the branches :meth:`~MaskRCNN.box_branch` and
-:meth:`~MaskRCNN.mask_branch`.
+:class:`MaskRCNN` (and :class:`FasterRCNN`, without the mask branch) runs one method per step,
+from :meth:`~MaskRCNN.resize` and :meth:`~MaskRCNN.pad` to :meth:`~MaskRCNN.box_branch` and
+:meth:`~MaskRCNN.mask_branch`. Matching, sampling and the losses are in
+:mod:`pansight.models.rcnn.training`. Parameter names follow torchvision's detection models, so
+:mod:`pansight.models.rcnn.torchvision_import` maps their checkpoints in by prefix.
 
-Matching, sampling and the losses (training only) are in :mod:`pansight.models.rcnn.training`.
-Parameter names follow torchvision's detection models (``fc6``, ``cls_score``,
-``conv5_mask``, ...) so :mod:`pansight.models.rcnn.torchvision_import` maps their
-checkpoints in by prefix.
+See docs/models.md for the steps in order.
 """
 
 from __future__ import annotations
@@ -308,6 +304,8 @@ class MaskRCNN(PansightModel):
                 batch.image_sizes[index],
                 batch.original_sizes[index],
             )
+            # float32 tensor divisions, as torchvision's transform does: a Python float ratio
+            # rounds differently and moves boxes by up to one ulp
             ratio_w = torch.tensor(orig_w, dtype=torch.float32) / torch.tensor(
                 width, dtype=torch.float32
             )

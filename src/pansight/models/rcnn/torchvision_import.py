@@ -1,17 +1,11 @@
 """Import torchvision's Faster/Mask R-CNN ResNet-FPN state dicts into :class:`MaskRCNN`.
 
-Two layouts exist:
+:func:`import_torchvision_rcnn` loads both of torchvision's layouts, v1 (``*_resnet50_fpn``,
+older key spellings included) and v2 (``*_resnet50_fpn_v2``); :func:`torchvision_rcnn_layout`
+says which a state dict holds. Labels keep torchvision's logit layout (logit 0 the background,
+logit ``k`` pansight's label ``k - 1``); :func:`coco_class_names` gives the 90 COCO class names.
 
-- v1 (``fasterrcnn_resnet50_fpn``, ``maskrcnn_resnet50_fpn``): plain FPN, one-conv RPN head,
-  two fully connected box layers (``fc6``, ``fc7``), four plain mask convs. The files
-  torchvision downloads still use the older names ``rpn.head.conv.weight`` and
-  ``roi_heads.mask_head.mask_fcn1..4``; both spellings map.
-- v2 (``*_resnet50_fpn_v2``): batch-normed FPN, two-conv RPN head, box head of four
-  batch-normed convs and one fully connected layer, batch-normed mask convs.
-
-Labels keep torchvision's logit layout: logit 0 is the background and logit ``k`` is
-pansight's label ``k - 1``, so a 91-logit COCO model has the 90 class names
-:func:`coco_class_names` gives (torchvision's categories without ``__background__``).
+See docs/weights.md for what each layout holds.
 """
 
 from __future__ import annotations

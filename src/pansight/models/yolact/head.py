@@ -3,13 +3,10 @@ the anchors ("priors"), the box coding and the mask assembly.
 
 YOLACT works in *relative* coordinates of its square input: priors and decoded boxes are
 fractions of the input side (``0..1``), priors in center-size form ``(cx, cy, w, h)``, boxes in
-``xyxy`` form. Because the input is the whole image resized without keeping its aspect ratio, a
-relative box is also a relative box of the original image.
+``xyxy`` form. Module and parameter names follow the original implementation, so
+:mod:`pansight.models.yolact.original_import` maps its checkpoints by a few prefixes.
 
-Module and parameter names follow the original implementation (``lat_layers``,
-``pred_layers``, ``downsample_layers``, ``upfeature``, ``bbox_layer``, ``conf_layer``,
-``mask_layer``) so :mod:`pansight.models.yolact.original_import` maps its checkpoints by a
-few prefixes.
+See docs/models.md for why a relative box holds for the original image, and the names kept.
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """YOLACT's training targets and losses.
 
-Boxes are relative xyxy (fractions of the square input side), priors relative center-size, as
-in :mod:`pansight.models.yolact.head`. Anchor labels are ``1..K`` for objects, ``0`` for
-background and ``-1`` for neutral anchors that no loss sees.
+Priors are matched to the ground truth (:func:`match_priors`; anchor labels ``1..K`` for objects,
+``0`` for background, ``-1`` for neutral anchors that no loss sees) and :func:`yolact_losses`
+returns four scalars: ``box`` (smooth-L1), ``cls`` (cross-entropy with online hard negative
+mining), ``mask`` (binary cross-entropy of the assembled masks) and ``semantic`` (of the
+auxiliary class maps on ``p3``). Boxes are relative, as in :mod:`pansight.models.yolact.head`.
 
-The four losses (all scalars):
-
-- ``box``: smooth-L1 between the deltas of positive anchors and their matched boxes' deltas;
-- ``cls``: cross-entropy over the positives and the hardest negatives (online hard negative
-  mining: per image ``negatives_per_positive`` negatives per positive, ranked by their
-  background loss);
-- ``mask``: binary cross-entropy between each positive's assembled mask (cropped to its matched
-  ground-truth box) and that object's mask at prototype resolution, summed over pixels and
-  divided by the box's area in prototype pixels;
-- ``semantic``: per-pixel binary cross-entropy of the auxiliary class maps on ``p3`` against the
-  union of each class's masks, averaged over pixels and images.
-
-``box``, ``cls`` and ``mask`` are divided by the number of positive anchors in the batch.
+See docs/models.md for each loss's exact definition and normalization.
 """
 
 from __future__ import annotations

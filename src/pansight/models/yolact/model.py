@@ -1,18 +1,12 @@
 """YOLACT: real-time single-stage instance segmentation (Bolya et al., ICCV 2019).
 
-The steps, in order: :meth:`Yolact.preprocess` resizes every image to a ``input_size`` square
-(bilinear, aspect ratio not kept); ``forward`` runs the ResNet body (``c3..c5``), the FPN
-(``p3..p7``), the protonet on ``p3`` (``k`` prototype masks at a quarter of the input
-resolution), the prediction head shared by all levels (per anchor: class logits, box deltas,
-``k`` mask coefficients) and the auxiliary semantic map on ``p3``. ``postprocess`` decodes the
-boxes, runs Fast NMS per class and assembles the masks of all detections at once
-(prototypes @ coefficients^T -> sigmoid -> crop to the box -> upsample -> threshold).
-:meth:`Yolact.predict_with_prototypes` also returns each image's :class:`MaskComposition` (its
-prototypes, and the coefficients and boxes of its detections) for pictures of that assembly.
+:class:`Yolact` resizes every image to an ``input_size`` square, runs the ResNet body, FPN,
+protonet (``k`` prototype masks) and shared prediction head (per anchor: class logits, box
+deltas, ``k`` mask coefficients), then decodes the boxes, runs Fast NMS per class and assembles
+the masks from prototypes and coefficients. :meth:`Yolact.predict_with_prototypes` also returns
+each image's :class:`MaskComposition`. Defaults are those of the original ``yolact_base``.
 
-The parts are in :mod:`pansight.models.yolact.head`, the losses in
-:mod:`pansight.models.yolact.loss`, checkpoints of the original implementation are read by
-:mod:`pansight.models.yolact.original_import`. Defaults are those of the original ``yolact_base``.
+See docs/models.md for the steps in detail and where the parts, losses and importer live.
 """
 
 from __future__ import annotations
@@ -73,7 +67,7 @@ class MaskComposition:
 
 
 class Yolact(PansightModel):
-    """YOLACT on a ResNet body; see the module docstring for the steps.
+    """YOLACT on a ResNet body; docs/models.md describes the steps.
 
     ``forward`` ignores ``targets``: matching happens in :meth:`loss`.
     """

@@ -1,22 +1,12 @@
 """Load weights saved by the original YOLACT implementation into :class:`Yolact`.
 
-The original saves ``torch.save(model.state_dict())`` with these names; ours differ only by
-prefix:
-
-=====================================  ==========================
-original                               pansight
-=====================================  ==========================
-``backbone.conv1``, ``backbone.bn1``   ``body.conv1``, ``body.bn1``
-``backbone.layers.N.``                 ``body.layer{N+1}.``
-``fpn.*``                              ``fpn.*``
-``proto_net.*``                        ``protonet.*``
-``prediction_layers.0.*``              ``head.*``
-``semantic_seg_conv.*``                ``semantic_seg_conv.*``
-=====================================  ==========================
-
-The class logits keep the original's layout: logit 0 is the background and logit ``k`` our
-label ``k - 1`` (for COCO the 80 categories in the original's order, which is
+The original saves ``torch.save(model.state_dict())`` with names that differ from pansight's
+only by prefix (``backbone.`` -> ``body.``, ``proto_net.`` -> ``protonet.``, ...), and
+:func:`import_original_yolact` maps them. The class logits keep the original's layout: logit 0
+is the background and logit ``k`` pansight's label ``k - 1`` (for COCO,
 :func:`coco_80_class_names`).
+
+See docs/weights.md for the full key mapping.
 """
 
 from __future__ import annotations

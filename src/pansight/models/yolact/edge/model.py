@@ -1,35 +1,12 @@
 """YolactEdge: YOLACT on video with partial feature transfer (Liu et al., ICRA 2021).
 
-A video is processed frame by frame with a :class:`StreamState`.
+:class:`YolactEdge` processes a video frame by frame with a :class:`StreamState`: a keyframe runs
+YOLACT's full path and keeps its features (:class:`KeyframeFeatures`); a non-keyframe runs the
+ResNet only up to ``c3`` and warps the keyframe's ``p4``/``p5`` by the estimated flow. Training
+has three stages (``train_stage``): ``image``, ``flow`` and ``video`` (the last two through
+:mod:`pansight.models.yolact.edge.training`).
 
-- **Keyframe**: YOLACT's full path (ResNet ``c3..c5``, FPN, protonet, head). The state keeps
-  the FPN's phase-1 (top-down, before the 3x3 smoothing convs) ``p4`` and ``p5`` and the
-  lateral of ``c3`` (:class:`KeyframeFeatures`).
-- **Non-keyframe**: the ResNet only up to ``c3`` and its lateral. :class:`FlowNet` estimates
-  the motion between this frame's and the keyframe's ``c3`` laterals (each first reduced to
-  ``flow_channels`` by a 3x3 conv + LeakyReLU, ``flow_reduce``); the keyframe's phase-1 ``p4``
-  and ``p5`` are warped by it (:func:`warp`), multiplied by a predicted per-channel scale and
-  shifted by a predicted bias; ``p3`` is rebuilt as this frame's ``c3`` lateral plus the
-  upsampled warped ``p4``; :class:`SPA` optionally refines the warped ``p4``/``p5`` with the
-  ``c3`` lateral. The FPN's phase 2 (3x3 convs, ``p6``/``p7``), the protonet, the head and
-  post-processing are YOLACT's.
-
-The layout and rules follow the original's ``yolact_edge_vid`` configuration: flow warping
-of ``P4``/``P5`` only (``warp_layers="P4P5"``), one flow per level (``flow_layer="each"``), scale
-and bias on (``use_scale_factor``, ``use_scale_bias``), un-normalized SPA. Checkpoints of the
-original implementation are read by :mod:`pansight.models.yolact.edge.original_import`.
-
-Training has three stages (``train_stage``), as the original's:
-
-- ``image``: YOLACT's losses on single images (every image is a keyframe);
-- ``flow``: on pairs of frames of a clip, only the flow module and SPA
-  learn, self-supervised: the distance between the frame's features transferred from the
-  keyframe and those computed fully on the frame;
-- ``video``: on pairs of frames, YOLACT's losses on the transferred non-keyframe features,
-  fine-tuning the flow module, SPA, FPN, protonet and head (the ResNet stays as it is).
-
-In the ``flow`` and ``video`` stages the ResNet's batch norms keep their statistics; the
-trainer runs those stages through their wrappers in :mod:`pansight.models.yolact.edge.training`.
+See docs/models.md for both paths, the layout rules and what each training stage teaches.
 """
 
 from __future__ import annotations
@@ -73,7 +50,7 @@ class YolactEdgeConfig(YolactConfig):
         with_spa: refine the warped ``p4``/``p5`` with the ``c3`` lateral (needs ``with_flow``).
         flow_channels: ``E``: the ``c3`` laterals are reduced to ``E`` channels; the flow
             encoder has ``E``, ``2E`` and ``4E`` channels at strides 1, 2 and 4 of ``c3``.
-        train_stage: what training teaches (see the module docstring): ``image``, ``flow`` or
+        train_stage: what training teaches (docs/models.md): ``image``, ``flow`` or
             ``video``.
         scene_cut_threshold: a frame whose color histogram differs from the keyframe's by more
             than this (total variation distance, ``0..1``; see
@@ -151,7 +128,7 @@ class StreamState:
 
 
 class YolactEdge(Yolact):
-    """YOLACT with keyframe / non-keyframe paths; see the module docstring.
+    """YOLACT with keyframe / non-keyframe paths (docs/models.md).
 
     ``forward``, ``loss``, ``postprocess`` and ``predict`` are YOLACT's: every image is a
     keyframe. Video goes through :meth:`forward_frame` / :meth:`predict_video_frame` with a

@@ -1,21 +1,11 @@
 """Load weights saved by the original YolactEdge implementation into :class:`YolactEdge`.
 
-Its state dicts are YOLACT's (:mod:`pansight.models.yolact.original_import` maps the backbone,
-protonet, head and semantic conv) with the FPN split in two phases and the video modules:
+Its state dicts are YOLACT's (:mod:`pansight.models.yolact.original_import`) with the FPN split
+in two phases and the video modules; :func:`import_original_yolact_edge` maps them by prefix.
+Two layouts exist, ``yolact_edge_vid`` (flow module and SPA) and ``yolact_edge_youtubevis``
+(neither; every frame is a keyframe): :func:`original_edge_layout` tells them apart.
 
-==========================================  ==========================
-original                                    pansight
-==========================================  ==========================
-``fpn_phase_1.lat_layers.*``                ``fpn.lat_layers.*``
-``fpn_phase_2.pred_layers.*``               ``fpn.pred_layers.*``
-``fpn_phase_2.downsample_layers.*``         ``fpn.downsample_layers.*``
-``flow_net_pre_convs.convs.0.*``            ``flow_reduce.*``
-``flow_net.*``                              ``flow_net.*``
-``spa.*``                                   ``spa.*``
-==========================================  ==========================
-
-Two layouts exist: ``yolact_edge_vid`` (flow module and SPA) and ``yolact_edge_youtubevis``
-(neither; every frame is a keyframe). :func:`original_edge_layout` tells them apart.
+See docs/weights.md for the key mapping.
 """
 
 from __future__ import annotations
