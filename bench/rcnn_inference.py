@@ -1,38 +1,26 @@
 """Mask R-CNN inference on CPU: pansight's MaskRCNN against torchvision's maskrcnn_resnet50_fpn.
 
-All models hold the same weights: torchvision's model is built with random weights (batch-norm
-statistics measured on the bench images, batch-norm affine and classifier randomized so that
-detections are varied), and its state dict is imported into ``mask_rcnn_r50_fpn`` with
-:func:`pansight.models.rcnn.torchvision_import.import_torchvision_rcnn`.
-The score threshold is low enough
-that every image keeps ``--detections`` detections in every model. Three models run:
+All models hold the same weights: torchvision's model gets random weights (batch-norm statistics
+of the bench images, random batch-norm affine maps, RPN objectness and classifier, so that
+detections vary) and its state dict is imported into ``mask_rcnn_r50_fpn`` with
+:func:`pansight.models.rcnn.torchvision_import.import_torchvision_rcnn`. The score threshold is
+low enough that every image keeps ``--detections`` detections. Three models run: ``torchvision``
+(``model(images)``), ``ours`` (``predict``) and ``ours optimized`` (``predict`` of
+:func:`pansight.models.fuse.optimize_for_inference`'s copy), whose ratios ``result:`` gives.
 
-- ``torchvision``: ``model(images)`` under ``torch.inference_mode``;
-- ``ours``: ``model.predict(images)``;
-- ``ours optimized``: ``predict`` of :func:`pansight.models.fuse.optimize_for_inference`'s copy
-  (batch norms folded into the convolutions, channels-last weights), the path whose ratio the
-  ``result:`` line gives.
-
-Same outputs, checked before timing: every model keeps the same number of detections per
-image; plain ``ours`` reproduces torchvision's detections (same labels, boxes and scores, masks
-pasted by ours at IoU ~0.99); ``ours optimized`` computes every network output (pyramid, RPN,
-box and mask heads, fed the same RoIs) within float rounding of ``ours``. Its detections are
-then matched to torchvision's and the matched share printed: with random weights the proposal
-ranking is full of near-ties, so rounding alone swaps some detections (``--float64-check``
-shows that torchvision in float32 and in float64 differ as much).
-
-Latency: after ``--warmup`` calls each, the models run alternately ``--runs`` times on the same
-batch of images; the medians are compared.
-
-Peak memory: each model runs once in a fresh subprocess (same weights and images, loaded from a
-temporary file). The subprocess resets the kernel's peak-RSS counter (``/proc/self/clear_refs``)
-just before the call and reads ``VmHWM`` after it; the reported number is the peak resident
-memory above the resident memory right before the call (the weights and the images are resident
-already, so this is the memory the inference itself needs).
-
-The stage split times ``ours optimized`` once more with each forward step wrapped in a timer.
+Before timing, plain ``ours`` must reproduce torchvision's detections and ``ours optimized``
+every network output of ``ours`` within float rounding (``bench/agreement.py``); the share of
+its detections matching torchvision's is printed (rounding swaps near-ties in the proposal
+ranking of random weights; ``--float64-check`` shows torchvision in float32 and float64 differ
+as much). Latency: after ``--warmup`` calls each, the models run alternately ``--runs`` times
+on the same batch; medians are compared. Peak memory: each model runs once in a fresh
+subprocess (``bench/rss.py``): the resident memory the call adds at its peak. The stage split
+times ``ours optimized`` once more with each forward step wrapped in a timer.
 
 Usage: ``python bench/rcnn_inference.py [--runs 5] [--warmup 1] [--threads 2] [--images 1]``
+
+Ends with ``result: latency_ratio=<ours optimized / torchvision, median time>
+memory_ratio=<ours optimized / torchvision, peak memory of the call>``.
 """
 
 from __future__ import annotations
@@ -40,36 +28,33 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from rcnn_agreement import as_detections, compare_outputs, float64_outputs, network_agreement
-from rss import call_peak_bytes
-from timing import alternate_timings, print_header
+from agreement import (
+    MAX_RELATIVE_DIFF,
+    as_detections,
+    compare_outputs,
+    float64_outputs,
+    network_agreement,
+)
+from arguments import add_images_flag, add_seed_flag, add_timing_flags, bench_parser
+from rcnn_models import MODELS, build_models, call, random_state_dict
+from report import Column, Table, print_result, set_threads_and_print_header
+from rss import MIB, add_child_flags, forwarded_flags, peak_memory_in_children, print_call_peak
+from synthetic_images import blob_images
+from timing import alternate_timings, medians
 from torch import nn
-from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from pansight.models.fuse import optimize_for_inference
-from pansight.models.rcnn.model import MaskRCNN, RCNNConfig
-from pansight.models.rcnn.torchvision_import import import_torchvision_rcnn
+from pansight.models.rcnn.model import MaskRCNN
 
-NUM_CLASSES = 90
-"""COCO's 90 category slots (torchvision's ``num_classes=91`` counts the background)."""
-
-MODELS = ("ours", "ours optimized", "torchvision")
 OURS = "ours optimized"
 """The model of ours whose ratios the ``result:`` line gives."""
 MIN_MATCHED = 0.95
 """Share of plain ``ours``'s detections that must match torchvision's."""
-MAX_RELATIVE_DIFF = 1e-4
-"""Largest relative difference allowed between the network outputs of ``ours optimized`` and
-``ours`` on the same input and RoIs (float rounding gives about 1e-5)."""
 
 STAGES = {
     "preprocess": "preprocess",
@@ -86,115 +71,33 @@ STAGES = {
     "postprocess": "paste + results",
 }
 """Our model's step methods and the stage each one's time counts towards."""
+TABLE = Table(
+    Column("model", 15, align="<"),
+    Column("median ms", 10, ".0f"),
+    Column("min ms", 8, ".0f"),
+    Column("ratio", 6, ".3f"),
+    Column("paired", 7, ".3f"),
+    Column("peak MiB", 9, ".0f"),
+    Column("ratio", 6, ".3f"),
+    Column("process MiB", 12, ".0f"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="timed calls per model")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per model first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--images", type=int, default=1, help="images per call (one batch)")
+    parser = bench_parser(__doc__)
+    add_timing_flags(parser, runs=5, warmup=1)
+    add_images_flag(parser)
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1066), metavar=("H", "W"))
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
     parser.add_argument("--score-thresh", type=float, default=0.0, help="box score threshold")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_flag(parser)
     parser.add_argument(
         "--float64-check",
         action="store_true",
         help="also match every model's detections against torchvision run in float64 (slow)",
     )
-    parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
-    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
+    add_child_flags(parser, MODELS)
     return parser.parse_args(argv)
-
-
-# -- the models --------------------------------------------------------------------------------
-
-
-def bench_images(count: int, size: tuple[int, int], seed: int) -> list[torch.Tensor]:
-    """``count`` ``(3, H, W)`` images in ``[0, 1]``: smooth random blobs plus pixel noise."""
-    generator = torch.Generator().manual_seed(seed)
-    height, width = size
-    coarse = torch.rand(count, 3, height // 32, width // 32, generator=generator)
-    smooth = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
-    noise = torch.rand(count, 3, height, width, generator=generator)
-    return list((0.8 * smooth + 0.2 * noise).clamp(0, 1))
-
-
-def torchvision_model(args: argparse.Namespace) -> nn.Module:
-    """torchvision's Mask R-CNN with the bench's thresholds (weights are loaded separately)."""
-    return maskrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
-        num_classes=NUM_CLASSES + 1,
-        box_score_thresh=args.score_thresh,
-        box_detections_per_img=args.detections,
-    ).eval()
-
-
-def our_model(args: argparse.Namespace, state_dict: dict[str, torch.Tensor]) -> MaskRCNN:
-    """pansight's Mask R-CNN with torchvision's settings, the bench's thresholds and
-    torchvision's ``state_dict``."""
-    config = RCNNConfig(
-        backbone="resnet50",
-        score_thresh=args.score_thresh,
-        detections_per_img=args.detections,
-    )
-    model = MaskRCNN(config, [f"class{i}" for i in range(NUM_CLASSES)]).eval()
-    import_torchvision_rcnn(model, state_dict)
-    return model
-
-
-def build_models(
-    args: argparse.Namespace, state_dict: dict[str, torch.Tensor], which: tuple[str, ...]
-) -> dict[str, nn.Module]:
-    """The models named in ``which`` (of :data:`MODELS`), all holding ``state_dict``."""
-    models: dict[str, nn.Module] = {}
-    if "ours" in which or "ours optimized" in which:
-        ours = our_model(args, state_dict)
-        if "ours optimized" in which:
-            models["ours optimized"] = optimize_for_inference(ours)
-        if "ours" in which:
-            models["ours"] = ours
-    if "torchvision" in which:
-        models["torchvision"] = torchvision_model(args)
-        models["torchvision"].load_state_dict(state_dict)
-    return models
-
-
-@torch.no_grad()
-def randomize(model: nn.Module, images: list[torch.Tensor], seed: int) -> None:
-    """Random weights that keep activations bounded and spread the scores.
-
-    Batch-norm statistics are the plain batch statistics of ``images``; the batch-norm scales
-    and shifts, the RPN objectness and the box classifier are then drawn at random.
-    """
-    torch.manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    model.backbone.train()
-    model.backbone(model.transform(images)[0].tensors)
-    model.backbone.eval()
-    for norm in norms:
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.normal_(0, 0.2)
-    model.rpn.head.cls_logits.weight.normal_(0, 0.1)
-    model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.05)
-    model.roi_heads.box_predictor.cls_score.bias.normal_(0, 1)
-
-
-def call(name: str, model: nn.Module, images: list[torch.Tensor]) -> Callable[[], list]:
-    """The inference call of model ``name`` on ``images``."""
-    if name == "torchvision":
-
-        def torchvision_call() -> list[dict]:
-            with torch.inference_mode():
-                return model(images)
-
-        return torchvision_call
-    return lambda: model.predict(images)
 
 
 # -- checks and measurements -------------------------------------------------------------------
@@ -235,21 +138,11 @@ def peak_memory_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     saved = torch.load(args.state)
     images = saved["images"]
-    models = build_models(args, saved["state_dict"], (args.memory_of,))
+    which = (args.memory_of,)
+    models = build_models(saved["state_dict"], which, args.score_thresh, args.detections)
     inference = call(args.memory_of, models[args.memory_of], images)
     del saved
-    print(*call_peak_bytes(inference))
-
-
-def peak_memory(args: argparse.Namespace, state_file: Path, which: str) -> tuple[int, int]:
-    """``(peak increase during the call, whole-process peak)`` in bytes for ``which``."""
-    command = [sys.executable, __file__, "--memory-of", which, "--state", str(state_file)]
-    for flag in ("threads", "images", "detections", "score_thresh", "seed"):
-        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    command += ["--size", *map(str, args.size)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=True)
-    increase, total = completed.stdout.split()[-2:]
-    return int(increase), int(total)
+    print_call_peak(inference)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -296,16 +189,6 @@ def check_same_outputs(
     return lines
 
 
-def measure_memory(
-    args: argparse.Namespace, state_dict: dict[str, torch.Tensor], images: list[torch.Tensor]
-) -> dict[str, tuple[int, int]]:
-    """:func:`peak_memory` of every model, each in its own subprocess."""
-    with tempfile.TemporaryDirectory() as folder:
-        state_file = Path(folder) / "state.pt"
-        torch.save({"state_dict": state_dict, "images": images}, state_file)
-        return {name: peak_memory(args, state_file, name) for name in MODELS}
-
-
 def print_table(
     timings: dict[str, list[float]], memory: dict[str, tuple[int, int]]
 ) -> dict[str, float]:
@@ -314,25 +197,29 @@ def print_table(
     ``paired`` is the median over rounds of the model's time over torchvision's in the same
     round, steadier than the ratio of medians when the machine's load changes between rounds.
     """
-    medians = {name: statistics.median(values) for name, values in timings.items()}
-    reference_ms, reference_memory = medians["torchvision"], memory["torchvision"][0]
-    print(
-        f"\n{'model':<15} {'median ms':>10} {'min ms':>8} {'ratio':>6} {'paired':>7}"
-        f" {'peak MiB':>9} {'ratio':>6} {'process MiB':>12}"
-    )
+    seconds = medians(timings)
+    reference_seconds, reference_memory = seconds["torchvision"], memory["torchvision"][0]
+    print(f"\n{TABLE.header()}")
     for name in MODELS:
         increase, total = memory[name]
         paired = statistics.median(
             ours / theirs for ours, theirs in zip(timings[name], timings["torchvision"])
         )
         print(
-            f"{name:<15} {1000 * medians[name]:>10.0f} {1000 * min(timings[name]):>8.0f} "
-            f"{medians[name] / reference_ms:>6.3f} {paired:>7.3f} {increase / 2**20:>9.0f} "
-            f"{increase / reference_memory:>6.3f} {total / 2**20:>12.0f}"
+            TABLE.row(
+                name,
+                1000 * seconds[name],
+                1000 * min(timings[name]),
+                seconds[name] / reference_seconds,
+                paired,
+                increase / MIB,
+                increase / reference_memory,
+                total / MIB,
+            )
         )
     print("(peak MiB: resident memory the call adds at its peak; process MiB: process peak)")
     return {
-        "latency_ratio": medians[OURS] / reference_ms,
+        "latency_ratio": seconds[OURS] / reference_seconds,
         "memory_ratio": memory[OURS][0] / reference_memory,
     }
 
@@ -342,23 +229,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_of:
         peak_memory_child(args)
         return
-    torch.set_num_threads(args.threads)
-    print_header()
-    images = bench_images(args.images, tuple(args.size), args.seed)
-    reference = torchvision_model(args)
-    randomize(reference, images, args.seed)
-    state_dict = reference.state_dict()
-    models = build_models(args, state_dict, MODELS)
+    set_threads_and_print_header(args.threads)
+    height, width = args.size
+    images = list(blob_images(args.images, height, width, args.seed))
+    state_dict = random_state_dict(images, args.seed)
+    models = build_models(state_dict, MODELS, args.score_thresh, args.detections)
     agreement = check_same_outputs(args, models, images)
     calls = {name: call(name, models[name], images) for name in MODELS}
     timings = alternate_timings(calls, args.runs, args.warmup)
     stage_runs = max(1, args.runs // 2)
     stages = stage_split(models[OURS], images, stage_runs)
-    del models, calls, reference
+    del models, calls
     gc.collect()
-    memory = measure_memory(args, state_dict, images)
+    flags = forwarded_flags(
+        args, ("threads", "images", "detections", "score_thresh", "seed", "size")
+    )
+    state = {"state_dict": state_dict, "images": images}
+    memory = peak_memory_in_children(__file__, MODELS, state, flags)
 
-    height, width = args.size
     print(
         f"Mask R-CNN R50-FPN inference, {args.images} x {height}x{width} image(s) per call, "
         f"{args.detections} detections per image, {args.threads} threads, "
@@ -369,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{OURS} time by stage (median of {stage_runs} runs):")
     for stage, seconds in stages.items():
         print(f"  {stage:<18} {1000 * seconds:>8.0f} ms {100 * seconds / stages['total']:>5.1f} %")
-    print("result: " + " ".join(f"{name}={value:.3f}" for name, value in ratios.items()))
+    print_result(ratios)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,22 @@ Ends with ``result: box_ratio=<separable/torchvision> mask_ratio=<...>``.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
-from timing import print_header
+from arguments import add_timing_flags, bench_parser
+from report import Column, Table, print_result, set_threads_and_print_header
+from timing import alternate_timings, medians
 from torchvision.ops import roi_align
 
 from pansight.ops.roi_align import separable_roi_align
+
+TABLE = Table(
+    Column("branch", 10, align="<"),
+    Column("torchvision", 14, ".1f"),
+    Column("separable", 12, ".1f"),
+    Column("ratio", 7, ".2f"),
+)
 
 
 def make_case(rois_per_image: int, channels: int, side: int, seed: int):
@@ -36,14 +42,6 @@ def make_case(rois_per_image: int, channels: int, side: int, seed: int):
     return features, boxes
 
 
-def time_step(pool: Callable, features: torch.Tensor, boxes, size: int) -> float:
-    """Seconds for one pooling forward and the backward of a weighted sum."""
-    started = time.perf_counter()
-    pooled = pool(features, boxes, size)
-    torch.autograd.grad(pooled.sum(), features)
-    return time.perf_counter() - started
-
-
 def torchvision_pool(features, boxes, size):
     return roi_align(features, boxes, size, spatial_scale=0.25, sampling_ratio=2)
 
@@ -53,31 +51,30 @@ def separable_pool(features, boxes, size):
 
 
 def compare(name: str, case, size: int, runs: int) -> float:
+    """Print the row of one branch: median ms of a pooling forward and the backward of its sum,
+    per kernel, after one warm-up call each; return separable / torchvision."""
     features, boxes = case
-    for pool in (torchvision_pool, separable_pool):
-        time_step(pool, features, boxes, size)
-    times: dict[str, list[float]] = {"torchvision": [], "separable": []}
-    for _ in range(runs):
-        times["torchvision"].append(time_step(torchvision_pool, features, boxes, size))
-        times["separable"].append(time_step(separable_pool, features, boxes, size))
-    reference = statistics.median(times["torchvision"])
-    ours = statistics.median(times["separable"])
-    print(f"{name:10s} {reference * 1e3:14.1f} {ours * 1e3:12.1f} {ours / reference:7.2f}")
-    return ours / reference
+
+    def step(pool: Callable) -> Callable[[], object]:
+        return lambda: torch.autograd.grad(pool(features, boxes, size).sum(), features)
+
+    calls = {"torchvision": step(torchvision_pool), "separable": step(separable_pool)}
+    seconds = medians(alternate_timings(calls, runs, warmup=1))
+    ratio = seconds["separable"] / seconds["torchvision"]
+    print(TABLE.row(name, seconds["torchvision"] * 1e3, seconds["separable"] * 1e3, ratio))
+    return ratio
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = bench_parser(__doc__)
+    add_timing_flags(parser, runs=15, warmup=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print_header()
+    set_threads_and_print_header(args.threads)
     print(f"threads={args.threads} runs={args.runs} (median ms of forward + backward)")
-    print(f"{'branch':10s} {'torchvision':>14s} {'separable':>12s} {'ratio':>7s}")
+    print(TABLE.header())
     box_ratio = compare("box 7x7", make_case(128, 128, 32, 0), 7, args.runs)
     mask_ratio = compare("mask 14x14", make_case(32, 128, 32, 1), 14, args.runs)
-    print(f"result: box_ratio={box_ratio:.3f} mask_ratio={mask_ratio:.3f}")
+    print_result({"box_ratio": box_ratio, "mask_ratio": mask_ratio})
 
 
 if __name__ == "__main__":

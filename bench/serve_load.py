@@ -10,7 +10,7 @@ other 5xx is a failure), and the server's resident memory (``VmRSS``) before and
 
     python bench/serve_load.py [CHECKPOINT ...] [--clients 8 --requests 200]
 
-Ends with ``result: rps=... p50_ms=... p95_ms=... errors_5xx=... rss_growth_mb=...``.
+Ends with ``result: rps=... p50_ms=... p95_ms=... errors_5xx=... errors_503=... rss_growth_mb=...``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
-from timing import print_header
+from arguments import bench_parser
+from report import print_result, set_threads_and_print_header
+from rss import MIB, proc_status_bytes
 
 from pansight.data.shapes import render_sample
 from pansight.serve.encoding import encode_png
@@ -39,7 +40,7 @@ RSS_GROWTH_LIMIT_MB = 100
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, threads_help="the server's torch threads")
     parser.add_argument("checkpoints", nargs="*", type=Path)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200)
@@ -47,10 +48,9 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--queue-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2, help="the server's torch threads")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)  # the server's count, which the header then reports
-    print_header(onnxruntime=any(path.suffix == ".onnx" for path in args.checkpoints))
+    onnx = any(path.suffix == ".onnx" for path in args.checkpoints)
+    set_threads_and_print_header(args.threads, onnxruntime=onnx)  # the server's thread count
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = args.checkpoints or [train_tiny_instance(Path(folder))]
         with running_server(checkpoints, args.queue_size, args.threads) as (port, pid):
@@ -113,10 +113,8 @@ def send(connection: http.client.HTTPConnection, method: str, path: str, body: b
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+    """The resident memory of process ``pid`` in MB (MiB)."""
+    return proc_status_bytes("VmRSS", pid) / MIB
 
 
 def measure(args: argparse.Namespace, port: int, pid: int) -> int:
@@ -182,10 +180,15 @@ def report(args, models, latencies, statuses, elapsed, rss_before, rss_after) ->
     for status, count in sorted(statuses.items()):
         print(f"{'status ' + (str(status) if status else 'no answer'):>14s}: {count}")
     print(f"{'server RSS':>14s}: {rss_before:.1f} MB before, {rss_after:.1f} MB after")
-    print(
-        f"result: rps={len(latencies) / elapsed:.2f} p50_ms={p50:.1f} p95_ms={p95:.1f} "
-        f"errors_5xx={errors_5xx} errors_503={statuses.get(503, 0)} "
-        f"rss_growth_mb={rss_after - rss_before:.1f}"
+    print_result(
+        {
+            "rps": f"{len(latencies) / elapsed:.2f}",
+            "p50_ms": f"{p50:.1f}",
+            "p95_ms": f"{p95:.1f}",
+            "errors_5xx": errors_5xx,
+            "errors_503": statuses.get(503, 0),
+            "rss_growth_mb": f"{rss_after - rss_before:.1f}",
+        }
     )
 
 

@@ -1,24 +1,14 @@
 """Where a float32 training step's CPU time goes, for one model: torch.profiler over a few steps
-of ``bench/train_throughput.py``'s training step, each with its batch loaded in the same
-process (the trainer's default ``workers=0``).
+of the trainer's step (``bench/training_step.py``), each loading its batch in the same process
+(the trainer's default ``workers=0``).
 
-Three views, all in milliseconds per step and as a share of the profiled step:
-
-- phases: data (the loader's second pass: the world's renders come from its cache, so this is
-  augmentation and collation; the first, rendering pass is timed apart, unprofiled),
-  preprocess, forward, loss, backward, optimizer;
-- regions: each of the model's sub-modules (the torchvision ResNet body, the FPN, our RoIAlign,
-  the heads...) and each pansight function or model method the forward and the loss call
-  (target matching, sampling, the losses...), innermost mark counting; the backward of an
-  operation is charged to the region whose forward created its autograd node (they share a
-  sequence number), so a region's total is its forward plus its backward;
-- operations: the top aten operations by self CPU time in data loading, in forward (with
-  preprocess and loss) and in backward, grouped by input shapes and region.
-
-The marks are added around the model for the profiled steps only (forward hooks, wrappers on
-the model's methods and on the pansight functions its modules call) and removed afterwards; the
-model code is not changed. The step is also timed without the profiler, which adds per-op
-overhead that weighs most on models of many small operations.
+Three views, in milliseconds per step and as a share of the profiled step: phases (data loading
+with the renders cached, preprocess, forward, loss, backward, optimizer; the first, rendering
+load is timed apart, unprofiled); regions (the model's sub-modules and the pansight functions
+and methods it calls, marked by :class:`RegionMarks`; a backward operation counts towards the
+region whose forward created it); and the top aten operations by self CPU time in data
+loading, forward and backward. The step is also timed without the profiler, whose per-op
+overhead weighs most on models of many small operations.
 
     python bench/train_profile.py mask_rcnn_r18_fpn [--steps 3 --warmup 1 --top 15]
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/train_profile.py classifier_r18
@@ -33,123 +23,38 @@ the profiled step without data loading).
 from __future__ import annotations
 
 import argparse
-import functools
-import inspect
 import statistics
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from types import ModuleType
 
-import torch
-from timing import print_header
-from torch import nn
+from arguments import add_timing_flags, bench_parser
+from region_marks import RegionMarks
+from report import print_result, set_threads_and_print_header
+from timing import alternate_timings, medians
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.data import DataLoader
-from train_throughput import RUNGS, Batch, Learner, make_learner, training_setup
+from training_step import RUNGS, Learner, make_learner, stepper, training_setup
 
 PHASES = ("data", "preprocess", "forward", "loss", "backward", "optimizer")
 FORWARD_PHASES = ("preprocess", "forward", "loss")
 DIRECTIONS = ("data", "forward", "backward")
 """The operation tables: data loading, forward (with preprocess and loss), backward."""
 BACKWARD_NODE = "autograd::engine::evaluate_function: "
-UNMARKED_METHODS = {"forward", "preprocess", "loss", "postprocess", "predict", "train", "eval"}
-"""Model methods left unwrapped: the phases already mark them, or training does not call them."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("model", choices=list(RUNGS))
-    parser.add_argument("--steps", type=int, default=3, help="profiled (and timed) steps")
-    parser.add_argument("--warmup", type=int, default=1, help="unprofiled steps first")
+    add_timing_flags(
+        parser,
+        runs=3,
+        warmup=1,
+        unit="steps",
+        runs_flag="--steps",
+        runs_help="timed, then profiled steps",
+    )
     parser.add_argument("--top", type=int, default=15, help="operations listed per table")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     return parser.parse_args(argv)
-
-
-# -- region marks ----------------------------------------------------------------------------
-
-
-class RegionMarks:
-    """``record_function`` ranges around a model's parts while it is open, removed on exit.
-
-    Marked: every direct sub-module (``name (Class)``), every public method of the model's
-    pansight classes but the phases (``name()``), and every pansight function bound in the
-    namespace of the model's modules and of those functions' own modules (``name()``).
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.labels: set[str] = set()
-        self.open: list[record_function] = []
-        self.undo: list[Callable[[], None]] = []
-
-    def __enter__(self) -> RegionMarks:
-        for name, child in self.model.named_children():
-            self._hook(child, f"{name} ({type(child).__name__})")
-        for name in self._methods():
-            self._wrap_attribute(self.model, name, getattr(self.model, name), instance=True)
-        for module in self._modules():
-            for name, value in list(vars(module).items()):
-                if inspect.isfunction(value) and value.__module__.startswith("pansight."):
-                    self._wrap_attribute(module, name, value, instance=False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for undo in reversed(self.undo):
-            undo()
-        self.undo.clear()
-
-    def _methods(self) -> Iterator[str]:
-        classes = [c for c in type(self.model).__mro__ if c.__module__.startswith("pansight.")]
-        seen = set()
-        for cls in classes:
-            for name, value in vars(cls).items():
-                if name.startswith("_") or name in UNMARKED_METHODS or name in seen:
-                    continue
-                if inspect.isfunction(value):
-                    seen.add(name)
-                    yield name
-
-    def _modules(self) -> list[ModuleType]:
-        """The model's classes' modules, then the modules of the pansight functions they bind."""
-        names = {c.__module__ for c in type(self.model).__mro__}
-        for name in list(names):
-            for value in vars(sys.modules[name]).values():
-                if inspect.isfunction(value) and value.__module__.startswith("pansight."):
-                    names.add(value.__module__)
-        return [sys.modules[name] for name in sorted(names) if name.startswith("pansight.")]
-
-    def _hook(self, module: nn.Module, label: str) -> None:
-        self.labels.add(label)
-
-        def enter(*_: object) -> None:
-            mark = record_function(label)
-            mark.__enter__()
-            self.open.append(mark)
-
-        def leave(*_: object) -> None:
-            self.open.pop().__exit__(None, None, None)
-
-        handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-        self.undo += [handle.remove for handle in handles]
-
-    def _wrap_attribute(self, owner: object, name: str, call: Callable, instance: bool) -> None:
-        label = f"{name}()"
-        self.labels.add(label)
-
-        @functools.wraps(call)
-        def marked(*args: object, **kwargs: object) -> object:
-            with record_function(label):
-                return call(*args, **kwargs)
-
-        setattr(owner, name, marked)
-        if instance:
-            self.undo.append(lambda: delattr(owner, name))
-        else:
-            self.undo.append(lambda: setattr(owner, name, call))
 
 
 # -- profiling -------------------------------------------------------------------------------
@@ -168,16 +73,6 @@ def profiled_steps(
                     batch = next(batches)
                 learner.step(batch, phase=record_function)
     return list(profiler.events()), marks.labels
-
-
-def timed_steps(learner: Learner, batches: list[Batch], steps: int) -> list[float]:
-    """Seconds of ``steps`` unprofiled steps on ``batches`` in turn (loaded beforehand)."""
-    seconds = []
-    for index in range(steps):
-        start = time.perf_counter()
-        learner.step(batches[index % len(batches)])
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 def lineage(event: FunctionEvent) -> list[FunctionEvent]:
@@ -299,8 +194,7 @@ def print_report(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print_header()
+    set_threads_and_print_header(args.threads)
     setup = training_setup(args.model, max(args.warmup, args.steps))
     learner = make_learner(setup, "fp32", args.warmup + 2 * args.steps)
     print(
@@ -309,14 +203,14 @@ def main(argv: list[str] | None = None) -> None:
         f"step(s), {args.steps} timed, then {args.steps} profiled",
         flush=True,
     )
-    timed_steps(learner, setup.batches, args.warmup)
-    step_ms = 1000 * statistics.median(timed_steps(learner, setup.batches, args.steps))
+    steps = {"step": stepper(learner, setup.batches)}
+    step_ms = 1000 * medians(alternate_timings(steps, args.steps, args.warmup))["step"]
     events, labels = profiled_steps(learner, setup.loader, args.steps)
     found = Attribution(events, labels)
     first_load_ms = 1000 * statistics.median(setup.first_load_seconds)
     figures = print_report(found, args.steps, step_ms, first_load_ms, args.top)
     fields = {"step_ms": step_ms, "first_load_ms": first_load_ms, **figures}
-    print("result: " + " ".join(f"{name}={value:.3f}" for name, value in fields.items()))
+    print_result(fields)
 
 
 if __name__ == "__main__":

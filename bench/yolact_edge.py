@@ -1,36 +1,30 @@
 """YolactEdge against YOLACT on video, on CPU: time per frame, keyframe and non-keyframe cost,
 and video mask AP.
 
-Latency: for each of ``yolact_edge_r50`` and ``yolact_edge_r101`` (550x550 input, COCO's 80
-class names) the bench builds the model with random weights (the recipe of ``bench/yolact.py``:
-batch-norm statistics of the clip, random batch-norm affine maps, head outputs scaled to a fixed
-spread; the flow predictions and SPA's refinements zeroed, so that a non-keyframe carries the
-keyframe's features over unchanged and its detections are as many and as spread as a
-keyframe's, as with a trained flow module; zero weights cost the same time as any others) and a
-plain ``Yolact`` holding the same weights (all but the flow module and SPA). Both
-run through :func:`pansight.models.fuse.optimize_for_inference`'s copies on the same clip of
-``--frames`` synthetic-world frames (:func:`pansight.data.shapes_video.render_clip`, ``--size``
-pixels): YOLACT with ``predict`` on every frame, YolactEdge streaming the clip with
-``predict_video_frame`` and a keyframe every ``--interval`` frames. The two alternate ``--runs``
-times after a warm-up; each frame is timed on its own. The table gives the mean time per frame
-over the clip (median over runs) and YolactEdge's keyframe and non-keyframe times. Before timing,
-the keyframe path is checked to give YOLACT's detections on the first frame.
+Latency: for each of ``--backbones`` (``yolact_edge_r50``, ``yolact_edge_r101``; 550x550 input,
+COCO's 80 class names) the bench builds the YolactEdge with random weights
+(``bench/random_weights.py``; the flow predictions and SPA's refinements zeroed, so that a
+non-keyframe carries the keyframe's features over unchanged and detects as much as a keyframe,
+as with a trained flow module, at the same cost) and a plain ``Yolact`` holding the same weights
+(all but the flow module and SPA), both as :func:`pansight.models.fuse.optimize_for_inference`'s
+copies. On the same clip of ``--frames`` synthetic-world frames of ``--size`` pixels, YOLACT
+runs ``predict`` on every frame and YolactEdge streams the clip with ``predict_video_frame``, a
+keyframe every ``--interval`` frames; the two alternate ``--runs`` times after ``--warmup``
+passes, each frame timed on its own. The table gives the mean time per frame (median over runs)
+and YolactEdge's keyframe and non-keyframe times. Before timing, the keyframe path must give
+YOLACT's detections on the first frame. ``--no-spa`` times YolactEdge without SPA;
+``--stages`` also times one non-keyframe stage by stage (the model's steps one at a time).
 
-Accuracy (with ``--checkpoint``, a trained YolactEdge, e.g. ``yolact_edge_r18`` trained on the
-synthetic world and then on its clips, see the README): video mask AP
-(:func:`pansight.engine.video_evaluator.evaluate_video`, YouTube-VIS style, detections linked by
-the IoU tracker) on ``--val-clips`` validation clips of ``--val-frames`` frames, with every frame
-a keyframe (YOLACT) and with a keyframe every ``--interval`` frames. ``ap_drop`` is YOLACT's
-mask AP minus YolactEdge's, in points. Without a checkpoint it is ``nan``.
-
-``--no-spa`` times YolactEdge without SPA (``model.with_spa=false``; pass a checkpoint trained
-that way for the AP).
-
-``--stages`` also times one non-keyframe of each backbone stage by stage (the model's own steps
-called one at a time), to see what the frames between keyframes still compute.
+Accuracy (with ``--checkpoint``, a trained YolactEdge, see the README): video mask AP
+(:func:`pansight.engine.video_evaluator.evaluate_video`, YouTube-VIS style) on ``--val-clips``
+validation clips of ``--val-frames`` frames, with every frame a keyframe (YOLACT) and with a
+keyframe every ``--interval`` frames.
 
 Usage: ``python bench/yolact_edge.py [--runs 3] [--frames 10] [--no-spa] [--stages]
 [--checkpoint model.pt]``
+
+Ends with ``result: latency_ratio_<backbone>=<YolactEdge / YOLACT, time per frame> ...
+ap_drop=<YOLACT's mask AP minus YolactEdge's, in points; nan without --checkpoint>``.
 """
 
 from __future__ import annotations
@@ -42,10 +36,12 @@ import time
 from collections import defaultdict
 
 import torch
-from timing import print_header
+from arguments import add_seed_flag, add_timing_flags, bench_parser
+from random_weights import YOLACT_HEADS, randomize_zoo_model
+from report import Column, Table, print_result, set_threads_and_print_header
 from torch import Tensor
-from yolact import YOLACT, randomize
 
+import pansight
 from pansight.data.shapes_video import ShapesVideoDataset, render_clip
 from pansight.engine.video_evaluator import evaluate_video
 from pansight.models.fuse import optimize_for_inference
@@ -54,18 +50,27 @@ from pansight.models.yolact.edge.model import YolactEdge
 from pansight.models.yolact.head import merge_top_down
 from pansight.models.yolact.model import Yolact
 from pansight.models.yolact.original_import import coco_80_class_names
-from pansight.models.zoo import build_model, load
+from pansight.models.zoo import build_model
 
+PLAIN_YOLACT = "yolact_r50"
+"""The zoo entry of the plain YOLACT, built with each YolactEdge's backbone."""
 BACKBONES = {"r50": "yolact_edge_r50", "r101": "yolact_edge_r101"}
 FLOW_PREFIXES = ("flow_reduce.", "flow_net.", "spa.")
 """State-dict prefixes of YolactEdge's own modules, which a plain YOLACT lacks."""
+TABLE = Table(
+    Column("backbone", 9, align="<"),
+    Column("YOLACT ms/frame", 16, ".0f"),
+    Column("Edge ms/frame", 14, ".0f"),
+    Column("keyframe", 9, ".0f"),
+    Column("non-key", 8, ".0f"),
+    Column("edge/yolact", 12, ".3f"),
+    Column("speed-up", 9),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="timed passes over the clip")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser = bench_parser(__doc__)
+    add_timing_flags(parser, runs=3, warmup=1, unit="passes over the clip")
     parser.add_argument("--frames", type=int, default=10, help="frames of the timed clip")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--interval", type=int, default=5, help="YolactEdge keyframe interval")
@@ -81,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", help="a trained YolactEdge for the mask AP comparison")
     parser.add_argument("--val-clips", type=int, default=30, help="validation clips for AP")
     parser.add_argument("--val-frames", type=int, default=10, help="frames per validation clip")
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -92,9 +97,9 @@ def build_pair(
     weights, both optimized."""
     class_names = coco_80_class_names()
     edge = build_model(name, class_names, {"with_spa": with_spa}).eval()
-    randomize(YOLACT, edge, frames[:2], seed)
+    randomize_zoo_model(edge, frames[:2], seed, YOLACT_HEADS)
     identity_transfer(edge)
-    plain = build_model(YOLACT, class_names, {"backbone": edge.config.backbone}).eval()
+    plain = build_model(PLAIN_YOLACT, class_names, {"backbone": edge.config.backbone}).eval()
     shared = {k: v for k, v in edge.state_dict().items() if not k.startswith(FLOW_PREFIXES)}
     plain.load_state_dict(shared, strict=True)
     return optimize_for_inference(plain), optimize_for_inference(edge)
@@ -206,7 +211,7 @@ def latency_row(times: dict[str, list[list[float]]], interval: int) -> dict[str,
 
 def video_ap(args: argparse.Namespace) -> dict[str, float | bool]:
     """Video mask AP of the checkpoint with every frame a keyframe and at ``--interval``."""
-    model = load(args.checkpoint).eval()
+    model = pansight.load(args.checkpoint).eval()
     if not isinstance(model, YolactEdge):
         raise SystemExit(f"{args.checkpoint}: not a YolactEdge checkpoint")
     clips = ShapesVideoDataset(
@@ -226,8 +231,7 @@ def video_ap(args: argparse.Namespace) -> dict[str, float | bool]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print_header()
+    set_threads_and_print_header(args.threads)
     height, width = args.size
     frames = [
         image
@@ -251,19 +255,13 @@ def main(argv: list[str] | None = None) -> None:
         f"threads, median of {args.runs} runs"
     )
     print("\n".join(notes))
-    print(
-        f"{'backbone':<9} {'YOLACT ms/frame':>16} {'Edge ms/frame':>14} {'keyframe':>9} "
-        f"{'non-key':>8} {'edge/yolact':>12} {'speed-up':>9}"
-    )
+    print(TABLE.header())
     ratios = {}
     for backbone, row in rows.items():
         ratio = row["edge"] / row["yolact"]
         ratios[backbone] = ratio
-        print(
-            f"{backbone:<9} {1000 * row['yolact']:>16.0f} {1000 * row['edge']:>14.0f} "
-            f"{1000 * row['keyframe']:>9.0f} {1000 * row['non-keyframe']:>8.0f} "
-            f"{ratio:>12.3f} {1 / ratio:>8.2f}x"
-        )
+        milliseconds = [1000 * row[key] for key in ("yolact", "edge", "keyframe", "non-keyframe")]
+        print(TABLE.row(backbone, *milliseconds, ratio, f"{1 / ratio:.2f}x"))
     for backbone, times in stages.items():
         print(f"{backbone} non-keyframe by stage (median of {args.runs}):")
         for stage, seconds in times.items():
@@ -278,11 +276,8 @@ def main(argv: list[str] | None = None) -> None:
             f"(AP50 {accuracy['yolact50']:.3f}), YolactEdge (interval {args.interval}) "
             f"{accuracy['edge']:.3f} (AP50 {accuracy['edge50']:.3f})"
         )
-    print(
-        "result: "
-        + " ".join(f"latency_ratio_{backbone}={ratio:.3f}" for backbone, ratio in ratios.items())
-        + f" ap_drop={drop:.2f}"
-    )
+    fields = {f"latency_ratio_{backbone}": ratio for backbone, ratio in ratios.items()}
+    print_result(fields | {"ap_drop": f"{drop:.2f}"})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""How closely two Mask R-CNNs agree: matched detections, and network outputs on the same RoIs.
-
-Used by ``bench/rcnn_inference.py``.
-"""
+"""How closely two models agree: the relative difference of two outputs, and for Mask R-CNNs
+matched detections and network outputs on the same RoIs."""
 
 from __future__ import annotations
 
@@ -17,6 +15,14 @@ from pansight.structures import Detections
 
 SAME_BOX_IOU = 0.99
 """Box IoU above which two detections of the same label are the same detection."""
+MAX_RELATIVE_DIFF = 1e-4
+"""Largest relative difference allowed between the network outputs of a model and of its
+:func:`~pansight.models.fuse.optimize_for_inference` copy (float rounding gives about 1e-5)."""
+
+
+def relative_difference(found: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max |found - expected| / max |expected|`` (0 for empty tensors)."""
+    return _max_abs(found - expected) / max(_max_abs(expected), 1e-12)
 
 
 def compare_outputs(reference: list[dict], ours: list, detections: int) -> dict[str, float]:
@@ -54,7 +60,7 @@ def compare_outputs(reference: list[dict], ours: list, detections: int) -> dict[
         intersection = (expected_masks & got_masks).sum((1, 2)).float()
         union = (expected_masks | got_masks).sum((1, 2)).float()
         iou = torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
-        mask_iou = min(mask_iou, iou.min().item())
+        mask_iou = min([mask_iou, *iou.tolist()])
     return {
         "matched": matched / total,
         "box_diff": box_diff,
@@ -98,8 +104,7 @@ def network_agreement(
             }
         )
     differences = {
-        name: _max_abs(per_model[1][name] - value) / max(_max_abs(value), 1e-12)
-        for name, value in per_model[0].items()
+        name: relative_difference(per_model[1][name], value) for name, value in per_model[0].items()
     }
     worst = max(differences, key=differences.get)
     return differences[worst], worst
