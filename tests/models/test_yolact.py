@@ -273,26 +273,38 @@ def test_overfits_a_tiny_batch(seed):
     images, targets = synthetic_batch(2, seed=3 + seed)
     batch, input_targets = model.preprocess(images, targets)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    # a tenth of the rate for the last 20 steps, so the result does not hang on where the last
+    # large step happened to land
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[80], gamma=0.1)
     first = None
-    for _ in range(60):
+    for _ in range(100):
         total = sum(model.loss(model(batch), input_targets).values())
         first = first if first is not None else total.item()
         optimizer.zero_grad()
         total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # as YOLACT's recipe clips
         optimizer.step()
+        scheduler.step()
     assert total.item() < 0.3 * first
     with torch.no_grad():
-        results = model.postprocess(model(batch), batch)
+        outputs = model(batch)
+        results = model.postprocess(outputs, batch)
+    # boxes are decoded and masks assembled at prototype resolution: an object under 4x4
+    # prototype pixels loses up to a cell at an edge, a large share of its area, so it is held
+    # to lower bounds (box IoU 0.5, mask IoU 0.4) than the others (0.7, 0.6)
+    stride = model.config.input_size / outputs.prototypes.shape[1]
     for result, target in zip(results, targets):
         top = slice(0, len(target.labels))
         best = box_iou(target.boxes, result.boxes[top]).max(dim=1)
-        assert best.values.min() >= 0.7
         assert torch.equal(result.labels[top][best.indices], target.labels)
         masks = result.masks[top][best.indices]
         mask_iou = (masks & target.masks).sum((1, 2)) / (masks | target.masks).sum((1, 2))
+        area = target.masks.sum((1, 2))
+        large = area >= (4 * stride) ** 2
+        assert (best.values >= torch.where(large, 0.7, 0.5)).all()
         # objects hidden down to a few pixels at prototype resolution are not required
-        visible = target.masks.sum((1, 2)) >= 100
-        assert visible.any() and mask_iou[visible].min() >= 0.6
+        visible = area >= 100
+        assert visible.any() and (mask_iou[visible] >= torch.where(large, 0.6, 0.4)[visible]).all()
 
 
 def test_trains_through_the_api(tmp_path):
