@@ -19,6 +19,9 @@ from torch import Tensor
 
 from pansight.errors import ConfigError
 
+SCENES: dict[str, Any] = {"data.mode": "multi", "data.image_size": 128}
+"""The data the multi-object recipes train on by default: the synthetic world's 128 px scenes."""
+
 
 @dataclass(frozen=True)
 class ModelEntry:

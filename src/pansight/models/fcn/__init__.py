@@ -3,7 +3,7 @@ layout) and the import of torchvision's FCN and ResNet weights."""
 
 from pansight.models.fcn.model import FCN, FCNConfig, FCNOutputs
 from pansight.models.fcn.torchvision_import import import_torchvision_fcn
-from pansight.models.registry import ExportSpec, Family, ModelEntry, by_depth, register
+from pansight.models.registry import SCENES, ExportSpec, Family, ModelEntry, by_depth, register
 
 _SKIP_HEADS = {
     "32s": "class scores on c5 upsampled x32",
@@ -44,8 +44,7 @@ FAMILY = register(
                 "lr": 4e-3,
                 "weight_decay": 0.01,
                 "batch_size": 16,
-                "data.mode": "multi",
-                "data.image_size": 128,
+                **SCENES,
             }
         },
         export={FCN: ExportSpec(FCNOutputs, ("logits",))},

@@ -12,6 +12,7 @@ from pansight.models.rcnn.torchvision_import import (
     torchvision_rcnn_layout,
 )
 from pansight.models.registry import (
+    SCENES,
     ExportSpec,
     Family,
     Int8Spec,
@@ -50,8 +51,7 @@ RCNN_RECIPE: dict[str, Any] = {
     "batch_size": 4,
     "warmup_iters": 100,
     "clip_grad": 10.0,
-    "data.mode": "multi",
-    "data.image_size": 128,
+    **SCENES,
 }
 """Faster/Mask R-CNN from scratch on the synthetic world's 128 px scenes. AdamW with bfloat16
 autocast reaches in 1,800 iterations (mask AP 0.705, box AP 0.80, 14.4 CPU-minutes) what SGD

@@ -5,6 +5,7 @@ original YOLACT / YolactEdge checkpoints."""
 from typing import Any
 
 from pansight.models.registry import (
+    SCENES,
     ExportSpec,
     Family,
     Int8Spec,
@@ -43,8 +44,7 @@ YOLACT_RECIPE: dict[str, Any] = {
     "batch_size": 8,
     "warmup_iters": 100,
     "clip_grad": 10.0,
-    "data.mode": "multi",
-    "data.image_size": 128,
+    **SCENES,
 }
 """YOLACT from scratch: AdamW converges in far fewer iterations than the R-CNN's SGD recipe
 (mask AP50 0.72 vs 0.46 after 1,500 iterations of 4 images), bfloat16 autocast makes a CPU
